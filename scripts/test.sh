@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Runs the whole test suite. Installs what it needs first: the virtual environment with the locked
+# development dependencies, and the Debian packages of the real servers the tests start.
+# Extra arguments go to pytest.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+"$root/scripts/bootstrap.sh" dev
+"$root/scripts/system-packages.sh"
+cd "$root"
+exec "$root/.venv/bin/python" -m pytest "$@"

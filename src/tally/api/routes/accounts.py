@@ -1,0 +1,164 @@
+"""Accounts: open, read, list, change; balance and entries."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+
+from tally.api.replies import (
+    decode_cursor,
+    idempotency_key,
+    json_reply,
+    page_reply,
+    rejecter,
+    request_hash,
+    request_id,
+    respond_json,
+    respond_outcome,
+)
+from tally.api.routing import Access, TallyRoute, access, ledger_of
+from tally.api.schemas import (
+    AccountCreate,
+    AccountOut,
+    AccountPage,
+    AccountPatch,
+    BalanceOut,
+    Currency,
+    EntryPage,
+)
+from tally.domain.accounts import AccountStatus, Bounds
+from tally.domain.errors import ValidationFailed
+from tally.services import accounts
+from tally.services.ports import StoredReply, Transaction
+from tally.services.views import account_view, entry_view, timestamp
+
+router = APIRouter(route_class=TallyRoute, tags=["accounts"])
+Limit = Annotated[int, Query(ge=1, le=1000)]
+
+
+@router.post(
+    "/v1/accounts", status_code=201, response_model=AccountOut, openapi_extra=access(Access.WRITE)
+)
+async def open_account(body: AccountCreate, request: Request) -> Response:
+    ledger_id = ledger_of(request)
+    command = accounts.OpenAccount(
+        currency=body.currency,
+        id=body.id,
+        name=body.name,
+        normal_balance=body.normal_balance,
+        bounds=Bounds(body.min_balance, body.max_balance),
+        metadata=body.metadata or {},
+    )
+    digest = request_hash(body)
+
+    async def action(tx: Transaction) -> StoredReply:
+        account, created = await accounts.open_account(
+            tx, ledger_id, command, request_hash=digest, request_id=request_id(request)
+        )
+        return json_reply(201 if created else 200, account_view(account))
+
+    key = await idempotency_key(request, required=False)
+    outcome = await request.app.state.tally.executor.run(ledger_id, key, action, rejecter(request))
+    return respond_outcome(request, outcome)
+
+
+@router.get("/v1/accounts/{account_id}", response_model=AccountOut, openapi_extra=access(Access.READ))
+async def get_account(account_id: str, request: Request) -> Response:
+    account = await accounts.get_account(
+        request.app.state.tally.database, ledger_of(request), account_id
+    )
+    return respond_json(200, account_view(account))
+
+
+@router.get("/v1/accounts", response_model=AccountPage, openapi_extra=access(Access.READ))
+async def list_accounts(
+    request: Request,
+    currency: Annotated[Currency | None, Query()] = None,
+    status: AccountStatus | None = None,
+    limit: Limit = 100,
+    cursor: str | None = None,
+) -> Response:
+    page = await accounts.list_accounts(
+        request.app.state.tally.database,
+        ledger_of(request),
+        currency=currency,
+        status=status,
+        after=decode_cursor(cursor),
+        limit=limit,
+    )
+    return page_reply(page, account_view)
+
+
+@router.patch(
+    "/v1/accounts/{account_id}", response_model=AccountOut, openapi_extra=access(Access.WRITE)
+)
+async def change_account(account_id: str, body: AccountPatch, request: Request) -> Response:
+    ledger_id = ledger_of(request)
+    sent = body.model_fields_set
+    for field in ("name", "status", "metadata"):
+        if field in sent and getattr(body, field) is None:
+            raise ValidationFailed.at(("body", field), f"{field} may not be null.")
+    command = accounts.ChangeAccount(
+        name=body.name,
+        metadata=body.metadata,
+        status=body.status,
+        min_balance=body.min_balance,
+        max_balance=body.max_balance,
+        sets_min_balance="min_balance" in sent,
+        sets_max_balance="max_balance" in sent,
+    )
+
+    async def action(tx: Transaction) -> StoredReply:
+        account = await accounts.change_account(
+            tx, ledger_id, account_id, command, request_id=request_id(request)
+        )
+        return json_reply(200, account_view(account))
+
+    key = await idempotency_key(request, required=False)
+    outcome = await request.app.state.tally.executor.run(ledger_id, key, action, rejecter(request))
+    return respond_outcome(request, outcome)
+
+
+@router.get(
+    "/v1/accounts/{account_id}/balance", response_model=BalanceOut, openapi_extra=access(Access.READ)
+)
+async def get_balance(
+    account_id: str, request: Request, as_of: datetime | None = None
+) -> Response:
+    if as_of is not None and as_of.tzinfo is None:
+        raise ValidationFailed.at(("query", "as_of"), "as_of needs a time zone (RFC 3339).")
+    found = await accounts.balance_as_of(
+        request.app.state.tally.database, ledger_of(request), account_id, as_of
+    )
+    side = found.account.normal_balance
+    return respond_json(
+        200,
+        {
+            "account_id": found.account.id,
+            "currency": found.account.currency,
+            "posted": found.balance.posted,
+            "pending_debits": found.balance.pending_debits,
+            "pending_credits": found.balance.pending_credits,
+            "available": found.balance.available(side),
+            "version": found.version,
+            "as_of": timestamp(found.as_of),
+        },
+    )
+
+
+@router.get(
+    "/v1/accounts/{account_id}/entries", response_model=EntryPage, openapi_extra=access(Access.READ)
+)
+async def list_entries(
+    account_id: str, request: Request, limit: Limit = 100, cursor: str | None = None
+) -> Response:
+    page = await accounts.list_entries(
+        request.app.state.tally.database,
+        ledger_of(request),
+        account_id,
+        before=decode_cursor(cursor),
+        limit=limit,
+    )
+    return page_reply(page, entry_view)

@@ -1,0 +1,93 @@
+"""Ledgers and their API keys (root key, or an admin key of the ledger)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+
+from tally.api.replies import (
+    decode_cursor,
+    idempotency_key,
+    json_reply,
+    page_reply,
+    rejecter,
+    respond_outcome,
+)
+from tally.api.routing import Access, TallyRoute, access, principal
+from tally.api.schemas import KeyCreate, KeyCreated, KeyPage, LedgerCreate, LedgerOut
+from tally.domain.errors import NotFound
+from tally.services import ledgers
+from tally.services.ports import StoredReply, Transaction
+from tally.services.views import key_view, ledger_view
+
+router = APIRouter(route_class=TallyRoute, tags=["ledgers"])
+Limit = Annotated[int, Query(ge=1, le=1000)]
+
+
+def _own_ledger(request: Request, ledger_id: str) -> None:
+    """An admin key naming another ledger gets 404, as if that ledger did not exist."""
+    who = principal(request)
+    if not who.is_root and who.ledger_id != ledger_id:
+        raise NotFound(f"Ledger {ledger_id} does not exist.")
+
+
+@router.post("/v1/ledgers", status_code=201, response_model=LedgerOut, openapi_extra=access(Access.ROOT))
+async def create_ledger(body: LedgerCreate, request: Request) -> Response:
+    async def action(tx: Transaction) -> StoredReply:
+        return json_reply(201, ledger_view(await ledgers.create_ledger(tx, body.name)))
+
+    tally = request.app.state.tally
+    key = await idempotency_key(request, required=False)
+    outcome = await tally.executor.run("", key, action, rejecter(request))
+    return respond_outcome(request, outcome)
+
+
+@router.post(
+    "/v1/ledgers/{ledger_id}/keys",
+    status_code=201,
+    response_model=KeyCreated,
+    openapi_extra=access(Access.KEYS),
+)
+async def create_key(ledger_id: str, body: KeyCreate, request: Request) -> Response:
+    _own_ledger(request, ledger_id)
+
+    async def action(tx: Transaction) -> StoredReply:
+        key, secret = await ledgers.create_key(tx, ledger_id, body.name, frozenset(body.scopes))
+        view = key_view(key)
+        return json_reply(
+            201,
+            {
+                "id": view["id"],
+                "name": view["name"],
+                "key": secret,
+                "scopes": view["scopes"],
+                "created_at": view["created_at"],
+            },
+        )
+
+    tally = request.app.state.tally
+    key = await idempotency_key(request, required=False)
+    outcome = await tally.executor.run(ledger_id, key, action, rejecter(request))
+    return respond_outcome(request, outcome)
+
+
+@router.get("/v1/ledgers/{ledger_id}/keys", response_model=KeyPage, openapi_extra=access(Access.KEYS))
+async def list_keys(
+    ledger_id: str, request: Request, limit: Limit = 100, cursor: str | None = None
+) -> Response:
+    _own_ledger(request, ledger_id)
+    page = await ledgers.list_keys(
+        request.app.state.tally.database, ledger_id, after=decode_cursor(cursor), limit=limit
+    )
+    return page_reply(page, key_view)
+
+
+@router.delete(
+    "/v1/ledgers/{ledger_id}/keys/{key_id}", status_code=204, openapi_extra=access(Access.KEYS)
+)
+async def revoke_key(ledger_id: str, key_id: str, request: Request) -> Response:
+    _own_ledger(request, ledger_id)
+    async with request.app.state.tally.database.write() as tx:
+        await ledgers.revoke_key(tx, ledger_id, key_id)
+    return Response(status_code=204)

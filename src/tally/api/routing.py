@@ -1,0 +1,116 @@
+"""Who may call a route, declared on the route itself and enforced before the body is read.
+
+Each route declares its ``Access`` (``openapi_extra={"x-tally-access": ...}`` through ``access()``).
+``TallyRoute`` authenticates and authorises before FastAPI parses the body, so the API's error
+precedence holds: authentication (401) → scope (403) → body and query validation. A route that
+declares nothing refuses to start (``TallyRoute.__init__``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from enum import StrEnum
+from typing import Any
+
+from fastapi import Request, Response
+from fastapi.routing import APIRoute
+
+from tally.domain.errors import Forbidden, Unauthenticated, ValidationFailed
+from tally.domain.keys import Scope, effective_scopes
+from tally.services.deadline import Deadline, set_deadline
+from tally.services.ledgers import Principal
+
+ACCESS_KEY = "x-tally-access"
+
+
+class Access(StrEnum):
+    PUBLIC = "public"  # no key (health, problem pages)
+    ROOT = "root"  # the root key only
+    KEYS = "keys"  # the root key, or an admin key of the ledger in the path
+    READ = "read"
+    WRITE = "write"
+    ADMIN = "admin"
+
+
+_SCOPE = {Access.READ: Scope.READ, Access.WRITE: Scope.WRITE, Access.ADMIN: Scope.ADMIN}
+
+
+def access(level: Access) -> dict[str, Any]:
+    """``openapi_extra`` for a route: its access level, and the bearer requirement."""
+    extra: dict[str, Any] = {ACCESS_KEY: level.value}
+    if level is not Access.PUBLIC:
+        extra["security"] = [{"bearer": []}]
+    return extra
+
+
+def principal(request: Request) -> Principal:
+    found: Principal = request.state.principal
+    return found
+
+
+def ledger_of(request: Request) -> str:
+    """The ledger of the calling key (routes inside a ledger)."""
+    ledger_id = principal(request).ledger_id
+    assert ledger_id is not None
+    return ledger_id
+
+
+class TallyRoute(APIRoute):
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        declared = (kwargs.get("openapi_extra") or {}).get(ACCESS_KEY)
+        if declared is None:
+            raise TypeError(f"Route {path} declares no access level.")
+        self.access = Access(declared)
+        super().__init__(path, endpoint, **kwargs)
+
+    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+        handler = super().get_route_handler()
+        level = self.access
+
+        async def guarded(request: Request) -> Response:
+            if level is not Access.PUBLIC:
+                who = await _authenticate(request)
+                _authorise(who, level)
+                request.state.principal = who
+                request.state.ledger_id = who.ledger_id
+                set_deadline(_budget(request))
+            return await handler(request)
+
+        return guarded
+
+
+async def _authenticate(request: Request) -> Principal:
+    header = request.headers.get("authorization")
+    if header is None:
+        raise Unauthenticated("Send Authorization: Bearer <key>.")
+    scheme, _, secret = header.partition(" ")
+    if scheme.lower() != "bearer" or not secret:
+        raise Unauthenticated("The Authorization header must be 'Bearer <key>'.")
+    who: Principal = await request.app.state.tally.authenticator.authenticate(secret.strip())
+    return who
+
+
+def _authorise(who: Principal, level: Access) -> None:
+    if level in (Access.ROOT, Access.KEYS):
+        if who.is_root:
+            return
+        if level is Access.KEYS and who.key is not None and Scope.ADMIN in who.key.scopes:
+            return  # which ledger it may touch is checked against the path by the route
+        raise Forbidden("This route needs the root key or a ledger admin key.")
+    if who.key is None:
+        raise Forbidden("The root key manages ledgers and keys only; use a ledger key.")
+    if _SCOPE[level] not in effective_scopes(who.key.scopes):
+        raise Forbidden(f"This route needs the '{_SCOPE[level].value}' scope.")
+
+
+def _budget(request: Request) -> Deadline:
+    settings = request.app.state.tally.settings
+    cap_ms: int = settings.request_timeout_ms
+    raw = request.headers.get("tally-timeout-ms")
+    if raw is None:
+        return Deadline.after(cap_ms / 1000)
+    if not raw.isdigit() or not 1 <= int(raw) <= 3_600_000:
+        raise ValidationFailed.at(
+            ("header", "Tally-Timeout-Ms"), "Must be an integer number of milliseconds, 1-3600000."
+        )
+    return Deadline.after(min(int(raw), cap_ms) / 1000)

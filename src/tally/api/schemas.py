@@ -1,0 +1,265 @@
+"""The wire format: request bodies (validated strictly) and response shapes (for the OpenAPI document).
+
+Strictness is the contract (API.md): unknown fields are refused, amounts are JSON integers only
+(no floats, strings, booleans, NaN or Infinity), ids and currency codes match their patterns.
+Limits on sizes are part of the contract too and are listed in ``docs/limits.md``.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+from tally.domain.accounts import AccountStatus, Direction, NormalBalance
+from tally.domain.ids import CLIENT_ID_PATTERN
+from tally.domain.keys import Scope
+from tally.domain.money import CURRENCY_PATTERN, INT64_MAX, INT64_MIN, MAX_AMOUNT
+
+MAX_METADATA_BYTES = 8 * 1024
+MAX_METADATA_DEPTH = 5
+MAX_LEGS = 64
+
+Amount = Annotated[int, Field(strict=True, ge=1, le=MAX_AMOUNT, examples=[1500])]
+Int64 = Annotated[int, Field(strict=True, ge=INT64_MIN, le=INT64_MAX)]
+ClientId = Annotated[str, StringConstraints(strict=True, pattern=CLIENT_ID_PATTERN)]
+Currency = Annotated[str, StringConstraints(strict=True, pattern=CURRENCY_PATTERN)]
+Name = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=255)]
+Description = Annotated[str, StringConstraints(strict=True, max_length=1000)]
+
+
+def _depth(value: Any, level: int = 1) -> int:
+    if isinstance(value, dict):
+        return max((_depth(v, level + 1) for v in value.values()), default=level)
+    if isinstance(value, list):
+        return max((_depth(v, level + 1) for v in value), default=level)
+    return level - 1
+
+
+def _check_metadata(value: dict[str, Any]) -> dict[str, Any]:
+    if _depth(value) > MAX_METADATA_DEPTH:
+        raise ValueError(f"metadata may nest at most {MAX_METADATA_DEPTH} levels deep")
+    stack: list[Any] = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ValueError("metadata may not hold NaN or Infinity")
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    if len(orjson.dumps(value)) > MAX_METADATA_BYTES:
+        raise ValueError(f"metadata may take at most {MAX_METADATA_BYTES} bytes as JSON")
+    return value
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Metadata(Strict):
+    metadata: dict[str, Any] | None = Field(
+        default=None, description="Free-form JSON object, at most 8 KiB and 5 levels deep."
+    )
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return None if value is None else _check_metadata(value)
+
+
+# ---- requests ----------------------------------------------------------------------------------
+
+
+class LedgerCreate(Strict):
+    name: Name
+
+
+class KeyCreate(Strict):
+    name: Name
+    scopes: list[Scope] = Field(min_length=1, max_length=3)
+
+
+class AccountCreate(Metadata):
+    id: ClientId | None = None
+    name: Name | None = None
+    currency: Currency
+    normal_balance: NormalBalance = NormalBalance.CREDIT
+    min_balance: Int64 | None = Field(default=0, description="null: unbounded; negative: overdraft")
+    max_balance: Int64 | None = None
+
+
+class AccountPatch(Metadata):
+    name: Name | None = None
+    status: AccountStatus | None = None
+    min_balance: Int64 | None = None
+    max_balance: Int64 | None = None
+
+
+class LegIn(Strict):
+    account_id: ClientId
+    direction: Direction
+    amount: Amount
+
+
+class TransferCreate(Metadata):
+    """Either the simple form (``debit_account_id``, ``credit_account_id``, ``amount``) or ``legs``."""
+
+    id: ClientId | None = None
+    debit_account_id: ClientId | None = None
+    credit_account_id: ClientId | None = None
+    amount: Amount | None = None
+    currency: Currency | None = None
+    legs: list[LegIn] | None = Field(default=None, min_length=2, max_length=MAX_LEGS)
+    description: Description | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> TransferCreate:
+        simple = (self.debit_account_id, self.credit_account_id, self.amount)
+        if self.legs is not None:
+            if any(v is not None for v in (*simple, self.currency)):
+                raise ValueError(
+                    "use either legs or debit_account_id/credit_account_id/amount/currency"
+                )
+        elif any(v is None for v in simple):
+            raise ValueError(
+                "debit_account_id, credit_account_id and amount are required without legs"
+            )
+        return self
+
+
+# ---- responses (documentation of the shapes in services.views) ----------------------------------
+
+
+class LedgerOut(BaseModel):
+    id: str
+    name: str
+    created_at: datetime
+
+
+class KeyOut(BaseModel):
+    id: str
+    name: str
+    scopes: list[Scope]
+    created_at: datetime
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+
+
+class KeyCreated(BaseModel):
+    id: str
+    name: str
+    key: str = Field(description="The secret, shown this once.")
+    scopes: list[Scope]
+    created_at: datetime
+
+
+class BalanceParts(BaseModel):
+    posted: int
+    pending_debits: int
+    pending_credits: int
+    available: int
+
+
+class AccountOut(BaseModel):
+    id: str
+    name: str | None
+    currency: str
+    normal_balance: NormalBalance
+    min_balance: int | None
+    max_balance: int | None
+    status: AccountStatus
+    metadata: dict[str, Any]
+    version: int
+    balance: BalanceParts
+    created_at: datetime
+    updated_at: datetime
+
+
+class BalanceOut(BaseModel):
+    account_id: str
+    currency: str
+    posted: int
+    pending_debits: int
+    pending_credits: int
+    available: int
+    version: int
+    as_of: datetime
+
+
+class EntryOut(BaseModel):
+    transfer_id: str
+    direction: Direction
+    amount: int
+    posted_balance_after: int
+    account_version: int
+    created_at: datetime
+
+
+class LegOut(BaseModel):
+    account_id: str
+    direction: Direction
+    amount: int
+    currency: str
+
+
+class TransferOut(BaseModel):
+    id: str
+    status: Literal["posted", "pending", "voided", "expired"]
+    legs: list[LegOut]
+    debit_account_id: str | None = None
+    credit_account_id: str | None = None
+    amount: int | None = None
+    currency: str | None = None
+    description: str | None
+    metadata: dict[str, Any]
+    reverses: str | None
+    reversed_amount: int
+    expires_at: datetime | None
+    created_at: datetime
+    posted_at: datetime | None
+
+
+class AccountPage(BaseModel):
+    data: list[AccountOut]
+    next_cursor: str | None
+
+
+class TransferPage(BaseModel):
+    data: list[TransferOut]
+    next_cursor: str | None
+
+
+class EntryPage(BaseModel):
+    data: list[EntryOut]
+    next_cursor: str | None
+
+
+class KeyPage(BaseModel):
+    data: list[KeyOut]
+    next_cursor: str | None
+
+
+class FieldErrorOut(BaseModel):
+    loc: list[str | int]
+    msg: str
+
+
+class ProblemOut(BaseModel):
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+    request_id: str | None
+    errors: list[FieldErrorOut] | None = None

@@ -1,0 +1,72 @@
+"""The composition root: builds every part of Tally from ``Settings``. Nothing connects at import."""
+
+from __future__ import annotations
+
+import sys
+
+from fastapi import FastAPI
+
+from tally.api.app import create_app
+from tally.config import Settings
+from tally.observability.logging import configure_logging, get_logger
+from tally.services.idempotency import IdempotentExecutor
+from tally.services.ledgers import Authenticator, root_key_hash
+from tally.store.database import SqlDatabase
+
+_log = get_logger("tally")
+
+
+class Tally:
+    """The running service: database, idempotent executor, authenticator. Started by the app."""
+
+    def __init__(self, settings: Settings, *, announce_root_key: bool = True) -> None:
+        self.settings = settings
+        self.max_body_bytes = settings.max_body_bytes
+        self.database = SqlDatabase(
+            settings.database_url,
+            read_pool_size=settings.read_pool_size,
+            synchronous=settings.sqlite_synchronous,
+            lock_wait_seconds=settings.request_timeout_ms / 1000,
+        )
+        self.executor = IdempotentExecutor(self.database)
+        self._announce_root_key = announce_root_key
+        self.generated_root_key: str | None = None
+        self._authenticator: Authenticator | None = None
+
+    @property
+    def authenticator(self) -> Authenticator:
+        assert self._authenticator is not None, "Tally.start() has not run"
+        return self._authenticator
+
+    async def start(self) -> None:
+        await self.database.start()
+        configured = self.settings.root_key.get_secret_value() if self.settings.root_key else None
+        digest, generated = await root_key_hash(self.database, configured)
+        self.generated_root_key = generated
+        if generated is not None and self._announce_root_key:
+            # Printed once, to the terminal only: it is never logged and never stored.
+            print(
+                "\nTally generated a root key. It is shown once; keep it somewhere safe:\n\n"
+                f"    {generated}\n",
+                file=sys.stdout,
+                flush=True,
+            )
+        self._authenticator = Authenticator(self.database, digest)
+        _log.info("started", database=self.database.url.render_as_string(hide_password=True))
+
+    async def stop(self) -> None:
+        await self.database.stop()
+
+    async def readiness(self) -> dict[str, str]:
+        try:
+            async with self.database.read() as tx:
+                await tx.instance.get("root_key_hash")
+        except Exception:  # noqa: BLE001 - any failure means the database cannot serve
+            return {"database": "down"}
+        return {"database": "ok"}
+
+
+def build_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    configure_logging(settings.log_format, settings.log_level)
+    return create_app(Tally(settings))

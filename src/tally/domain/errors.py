@@ -1,0 +1,149 @@
+"""The one error tree of Tally.
+
+Every error the service can answer with is a class here; ``tally.api.problems`` maps each class to
+exactly one problem ``code`` and HTTP status. Services and adapters raise these, never HTTP errors.
+
+    TallyError
+    ├── RequestError                 the request itself is wrong (decided before any lookup)
+    │   ├── ValidationFailed         422 validation_error (with field errors)
+    │   ├── SameAccount              422 same_account
+    │   ├── UnbalancedTransfer       422 unbalanced_transfer
+    │   ├── IdempotencyKeyRequired   400 idempotency_key_required
+    │   ├── IdempotencyKeyInUse      409 idempotency_key_in_use
+    │   └── IdempotencyKeyReused     422 idempotency_key_reused
+    ├── AccessError
+    │   ├── Unauthenticated          401 unauthenticated
+    │   └── Forbidden                403 forbidden
+    ├── NotFound                     404 not_found
+    ├── Rejection                    decided while processing, against stored state: these
+    │   │                            outcomes are stored with an idempotency key and replayed
+    │   ├── AccountNotFound          422 account_not_found
+    │   ├── IdConflict               409 id_conflict
+    │   ├── AccountNotEmpty          409 account_not_empty
+    │   ├── AccountClosed            409 account_closed
+    │   ├── AccountNotOpen           422 account_not_open
+    │   ├── CurrencyMismatch         422 currency_mismatch
+    │   ├── InsufficientFunds        422 insufficient_funds
+    │   └── AmountOverflow           422 amount_overflow
+    └── ServiceError                 the service cannot answer now; nothing was applied
+        ├── Unavailable              503 unavailable
+        └── DeadlineExceeded         504 deadline_exceeded
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class TallyError(Exception):
+    """Base of every error Tally answers with. ``detail`` is safe to show to the client."""
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class RequestError(TallyError):
+    """The request is wrong in itself, whatever the stored state."""
+
+
+@dataclass(frozen=True, slots=True)
+class FieldError:
+    """One broken rule of a request body or query: ``loc`` is the path to the field."""
+
+    loc: tuple[str | int, ...]
+    msg: str
+
+
+class ValidationFailed(RequestError):
+    def __init__(self, errors: list[FieldError], detail: str = "The request is not valid.") -> None:
+        super().__init__(detail)
+        self.errors = errors
+
+    @classmethod
+    def at(cls, loc: tuple[str | int, ...], msg: str) -> ValidationFailed:
+        return cls([FieldError(loc, msg)], detail=msg)
+
+
+class SameAccount(RequestError):
+    pass
+
+
+class UnbalancedTransfer(RequestError):
+    pass
+
+
+class IdempotencyKeyRequired(RequestError):
+    pass
+
+
+class IdempotencyKeyInUse(RequestError):
+    pass
+
+
+class IdempotencyKeyReused(RequestError):
+    pass
+
+
+class AccessError(TallyError):
+    pass
+
+
+class Unauthenticated(AccessError):
+    pass
+
+
+class Forbidden(AccessError):
+    pass
+
+
+class NotFound(TallyError):
+    pass
+
+
+class Rejection(TallyError):
+    """A business outcome decided against the stored state; replayed for the same idempotency key."""
+
+
+class AccountNotFound(Rejection):
+    pass
+
+
+class IdConflict(Rejection):
+    pass
+
+
+class AccountNotEmpty(Rejection):
+    pass
+
+
+class AccountClosed(Rejection):
+    pass
+
+
+class AccountNotOpen(Rejection):
+    pass
+
+
+class CurrencyMismatch(Rejection):
+    pass
+
+
+class InsufficientFunds(Rejection):
+    pass
+
+
+class AmountOverflow(Rejection):
+    pass
+
+
+class ServiceError(TallyError):
+    """Nothing was applied; the client may retry later with the same idempotency key."""
+
+
+class Unavailable(ServiceError):
+    pass
+
+
+class DeadlineExceeded(ServiceError):
+    pass

@@ -1,0 +1,1 @@
+"""Logs, metrics and query timing: cross-cutting, wrapped around ports and requests."""

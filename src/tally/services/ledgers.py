@@ -1,0 +1,129 @@
+"""Use cases of ledgers and their API keys, and authentication of a bearer secret."""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+
+from tally.domain.errors import NotFound, Unauthenticated
+from tally.domain.ids import new_id
+from tally.domain.keys import ApiKey, Ledger, Scope, hash_secret, new_secret, secret_kind
+from tally.services.ports import Database, Page, Transaction
+
+ROOT_KEY_HASH = "root_key_hash"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: the root key (``ledger_id`` and ``key`` are ``None``) or a ledger's key."""
+
+    ledger_id: str | None
+    key: ApiKey | None
+
+    @property
+    def is_root(self) -> bool:
+        return self.key is None
+
+    @property
+    def key_id(self) -> str | None:
+        return None if self.key is None else self.key.id
+
+
+ROOT = Principal(None, None)
+
+
+async def create_ledger(tx: Transaction, name: str) -> Ledger:
+    ledger = Ledger(new_id("led"), name, await tx.now())
+    await tx.ledgers.add(ledger)
+    return ledger
+
+
+async def create_key(
+    tx: Transaction, ledger_id: str, name: str, scopes: frozenset[Scope]
+) -> tuple[ApiKey, str]:
+    """Create a key; returns it with its secret, which is shown this once and never stored."""
+    await require_ledger(tx, ledger_id)
+    secret = new_secret("key")
+    key = ApiKey(
+        id=new_id("key"),
+        ledger_id=ledger_id,
+        name=name,
+        scopes=scopes,
+        created_at=await tx.now(),
+        revoked_at=None,
+        last_used_at=None,
+        secret_hash=hash_secret(secret),
+    )
+    await tx.keys.add(key)
+    return key, secret
+
+
+async def revoke_key(tx: Transaction, ledger_id: str, key_id: str) -> None:
+    await require_ledger(tx, ledger_id)
+    key = await tx.keys.get(ledger_id, key_id)
+    if key is None:
+        raise NotFound(f"Key {key_id} does not exist.")
+    if key.revoked_at is None:
+        await tx.keys.revoke(ledger_id, key_id, await tx.now())
+
+
+async def list_keys(
+    database: Database, ledger_id: str, *, after: int | None, limit: int
+) -> Page[ApiKey]:
+    async with database.read() as tx:
+        await require_ledger(tx, ledger_id)
+        return await tx.keys.list(ledger_id, after=after, limit=limit)
+
+
+async def require_ledger(tx: Transaction, ledger_id: str) -> Ledger:
+    ledger = await tx.ledgers.get(ledger_id)
+    if ledger is None:
+        raise NotFound(f"Ledger {ledger_id} does not exist.")
+    return ledger
+
+
+class Authenticator:
+    """Turns a bearer secret into a ``Principal``.
+
+    A secret with a bad prefix or checksum is refused before any database work. The root key is
+    compared by hash in constant time; a ledger key is found by the hash of its secret.
+    """
+
+    def __init__(self, database: Database, root_key_hash: bytes) -> None:
+        self._database = database
+        self._root_key_hash = root_key_hash
+
+    async def authenticate(self, secret: str) -> Principal:
+        kind = secret_kind(secret)
+        if kind is None:
+            raise Unauthenticated("The API key is malformed.")
+        digest = hash_secret(secret)
+        if kind == "root":
+            if hmac.compare_digest(digest, self._root_key_hash):
+                return ROOT
+            raise Unauthenticated("The API key is not valid.")
+        async with self._database.read() as tx:
+            key = await tx.keys.by_hash(digest)
+        if key is None or not hmac.compare_digest(key.secret_hash, digest):
+            raise Unauthenticated("The API key is not valid.")
+        if key.revoked_at is not None:
+            raise Unauthenticated("The API key has been revoked.")
+        return Principal(key.ledger_id, key)
+
+
+async def root_key_hash(database: Database, configured: str | None) -> tuple[bytes, str | None]:
+    """The root key's hash, and the new secret when one had to be generated (first start only).
+
+    A configured key wins. Otherwise the hash stored at first start is used; when there is none,
+    a key is generated and only its hash stored. Two processes starting at once agree on one key.
+    """
+    if configured is not None:
+        return hash_secret(configured), None
+    async with database.read() as tx:
+        stored = await tx.instance.get(ROOT_KEY_HASH)
+    if stored is not None:
+        return stored, None
+    secret = new_secret("root")
+    async with database.write() as tx:
+        kept = await tx.instance.put_if_absent(ROOT_KEY_HASH, hash_secret(secret))
+    return kept, secret if kept == hash_secret(secret) else None

@@ -1,0 +1,219 @@
+"""The ports: what the use cases need from a database, as Protocols.
+
+A ``Transaction`` is the unit of work: repositories that read and write inside one database
+transaction. Only the ``Database`` that opened it commits it, when its ``async with`` block ends
+without an error; no repository commits on its own.
+
+Write transactions hold the database's write lock from their first statement (SQLite
+``BEGIN IMMEDIATE``; PostgreSQL row locks taken in account ``pk`` order), so a check made inside
+one stays true until commit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Generic, Protocol, TypeVar
+
+from tally.domain.accounts import Account, AccountStatus, Balance, Direction
+from tally.domain.keys import ApiKey, Ledger
+from tally.domain.transfers import Transfer, TransferStatus
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    """One page of a list; ``next_after`` is the position to continue from, ``None`` on the last."""
+
+    items: list[T]
+    next_after: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One posting to one account: the append-only record its balance is the sum of."""
+
+    pk: int
+    account_pk: int
+    transfer_id: str
+    direction: Direction
+    amount: int
+    posted_after: int
+    pending_debits_after: int
+    pending_credits_after: int
+    account_version: int
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class NewEntry:
+    account_pk: int
+    direction: Direction
+    amount: int
+    balance_after: Balance
+    account_version: int
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceAt:
+    """The balance parts and version after the last change at or before a moment."""
+
+    balance: Balance
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredReply:
+    """A response kept under an idempotency key, replayed byte for byte."""
+
+    status: int
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyRecord:
+    ledger_id: str
+    key: str
+    fingerprint: bytes
+    reply: StoredReply
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    ledger_id: str
+    type: str
+    data: dict[str, Any]
+    request_id: str | None
+
+
+class LedgerRepository(Protocol):
+    async def add(self, ledger: Ledger) -> None: ...
+    async def get(self, ledger_id: str) -> Ledger | None: ...
+
+
+class ApiKeyRepository(Protocol):
+    async def add(self, key: ApiKey) -> None: ...
+    async def by_hash(self, secret_hash: bytes) -> ApiKey | None: ...
+    async def get(self, ledger_id: str, key_id: str) -> ApiKey | None: ...
+    async def list(self, ledger_id: str, *, after: int | None, limit: int) -> Page[ApiKey]: ...
+    async def revoke(self, ledger_id: str, key_id: str, at: datetime) -> None: ...
+    async def touch(self, key_id: str, at: datetime) -> None: ...
+
+
+class AccountRepository(Protocol):
+    async def add(self, account: Account) -> Account:
+        """Insert and return the account with its ``pk``."""
+        ...
+
+    async def get(self, ledger_id: str, account_id: str) -> Account | None: ...
+
+    async def lock(self, ledger_id: str, account_ids: Sequence[str]) -> dict[str, Account]:
+        """The accounts that exist among ``account_ids``, locked for update in ``pk`` order."""
+        ...
+
+    async def save_balances(self, accounts: Sequence[Account], at: datetime) -> None:
+        """Write balances and versions of ``accounts``, in ``pk`` order."""
+        ...
+
+    async def save(self, account: Account) -> None:
+        """Write name, metadata, status, bounds and ``updated_at``."""
+        ...
+
+    async def list(
+        self,
+        ledger_id: str,
+        *,
+        currency: str | None,
+        status: AccountStatus | None,
+        after: int | None,
+        limit: int,
+    ) -> Page[Account]: ...
+
+
+class TransferRepository(Protocol):
+    async def add(self, transfer: Transfer, account_pks: dict[str, int]) -> Transfer:
+        """Insert the transfer and its legs; return it with its ``pk``."""
+        ...
+
+    async def get(self, ledger_id: str, transfer_id: str) -> Transfer | None: ...
+
+    async def list(
+        self,
+        ledger_id: str,
+        *,
+        account_pk: int | None,
+        status: TransferStatus | None,
+        before: int | None,
+        limit: int,
+    ) -> Page[Transfer]: ...
+
+
+class EntryRepository(Protocol):
+    async def add(self, transfer_pk: int, entries: Sequence[NewEntry], at: datetime) -> None: ...
+
+    async def list(self, account_pk: int, *, before: int | None, limit: int) -> Page[Entry]:
+        """Entries of one account, newest first."""
+        ...
+
+    async def balance_at(self, account_pk: int, at: datetime) -> BalanceAt | None:
+        """The balance after the last entry at or before ``at``; ``None`` before the first."""
+        ...
+
+
+class IdempotencyRepository(Protocol):
+    async def get(self, ledger_id: str, key: str) -> IdempotencyRecord | None: ...
+    async def add(self, record: IdempotencyRecord, *, keep_until: datetime) -> None: ...
+
+
+class EventRepository(Protocol):
+    async def add(self, event: NewEvent, at: datetime) -> int:
+        """Append to the outbox; return the event's position."""
+        ...
+
+
+class InstanceRepository(Protocol):
+    """Settings of this Tally installation kept in the database, such as the root key's hash."""
+
+    async def get(self, name: str) -> bytes | None: ...
+    async def put_if_absent(self, name: str, value: bytes) -> bytes:
+        """Store ``value`` unless a value exists; return the value that is stored."""
+        ...
+
+
+class Transaction(Protocol):
+    ledgers: LedgerRepository
+    keys: ApiKeyRepository
+    accounts: AccountRepository
+    transfers: TransferRepository
+    entries: EntryRepository
+    idempotency: IdempotencyRepository
+    events: EventRepository
+    instance: InstanceRepository
+
+    @property
+    def wrote(self) -> bool:
+        """Whether any statement of this transaction changed a row."""
+        ...
+
+    async def now(self) -> datetime:
+        """The database clock, fixed for the transaction and never behind an earlier commit."""
+        ...
+
+
+class Database(Protocol):
+    def write(self) -> AbstractAsyncContextManager[Transaction]:
+        """A write transaction holding the write lock; commits when the block ends cleanly."""
+        ...
+
+    def read(self) -> AbstractAsyncContextManager[Transaction]:
+        """A read-only transaction on one consistent snapshot."""
+        ...
+
+    def position(self) -> str:
+        """A consistency token covering every write this process has committed."""
+        ...

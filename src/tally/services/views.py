@@ -1,0 +1,107 @@
+"""The wire shape of each resource, shared by HTTP responses and outbox events.
+
+Timestamps are RFC 3339 UTC with microseconds (``2026-11-29T20:06:24.123456Z``).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from tally.domain.accounts import Account, Direction
+from tally.domain.keys import ApiKey, Ledger
+from tally.domain.transfers import Transfer
+from tally.services.ports import Entry
+
+JsonObject = dict[str, Any]
+
+
+def timestamp(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def ledger_view(ledger: Ledger) -> JsonObject:
+    return {"id": ledger.id, "name": ledger.name, "created_at": timestamp(ledger.created_at)}
+
+
+def key_view(key: ApiKey) -> JsonObject:
+    return {
+        "id": key.id,
+        "name": key.name,
+        "scopes": sorted(scope.value for scope in key.scopes),
+        "created_at": timestamp(key.created_at),
+        "revoked_at": timestamp(key.revoked_at),
+        "last_used_at": timestamp(key.last_used_at),
+    }
+
+
+def account_view(account: Account) -> JsonObject:
+    balance = account.balance
+    return {
+        "id": account.id,
+        "name": account.name,
+        "currency": account.currency,
+        "normal_balance": account.normal_balance.value,
+        "min_balance": account.bounds.min_balance,
+        "max_balance": account.bounds.max_balance,
+        "status": account.status.value,
+        "metadata": account.metadata,
+        "version": account.version,
+        "balance": {
+            "posted": balance.posted,
+            "pending_debits": balance.pending_debits,
+            "pending_credits": balance.pending_credits,
+            "available": account.available,
+        },
+        "created_at": timestamp(account.created_at),
+        "updated_at": timestamp(account.updated_at),
+    }
+
+
+def transfer_view(transfer: Transfer) -> JsonObject:
+    view: JsonObject = {
+        "id": transfer.id,
+        "status": transfer.status.value,
+        "legs": [
+            {
+                "account_id": leg.account_id,
+                "direction": leg.direction.value,
+                "amount": leg.amount,
+                "currency": leg.currency,
+            }
+            for leg in transfer.legs
+        ],
+    }
+    debit = [leg for leg in transfer.legs if leg.direction is Direction.DEBIT]
+    credit = [leg for leg in transfer.legs if leg.direction is Direction.CREDIT]
+    if len(debit) == 1 and len(credit) == 1:
+        # A two-leg transfer also reads in the simple form.
+        view["debit_account_id"] = debit[0].account_id
+        view["credit_account_id"] = credit[0].account_id
+        view["amount"] = debit[0].amount
+        view["currency"] = debit[0].currency
+    view.update(
+        {
+            "description": transfer.description,
+            "metadata": transfer.metadata,
+            "reverses": transfer.reverses,
+            "reversed_amount": transfer.reversed_amount,
+            "expires_at": timestamp(transfer.expires_at),
+            "created_at": timestamp(transfer.created_at),
+            "posted_at": timestamp(transfer.posted_at),
+        }
+    )
+    return view
+
+
+def entry_view(entry: Entry) -> JsonObject:
+    return {
+        "transfer_id": entry.transfer_id,
+        "direction": entry.direction.value,
+        "amount": entry.amount,
+        "posted_balance_after": entry.posted_after,
+        "account_version": entry.account_version,
+        "created_at": timestamp(entry.created_at),
+    }

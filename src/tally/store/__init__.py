@@ -1,0 +1,1 @@
+"""Adapters of the database ports: SQLAlchemy Core on SQLite (default) and PostgreSQL."""

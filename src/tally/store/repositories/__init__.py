@@ -1,0 +1,1 @@
+"""One SQL repository per port, each working on the connection of its transaction."""

@@ -1,0 +1,35 @@
+"""What every SQL repository shares: the connection of its transaction and write tracking."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol, TypeVar
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from tally.services.ports import Page
+
+R = TypeVar("R")
+T = TypeVar("T")
+
+
+class WriteTracker(Protocol):
+    def mark_written(self) -> None: ...
+    def saw_event(self, position: int) -> None: ...
+
+
+class SqlRepository:
+    __slots__ = ("_conn", "_tx")
+
+    def __init__(self, conn: AsyncConnection, tx: WriteTracker) -> None:
+        self._conn = conn
+        self._tx = tx
+
+
+def page_of(
+    rows: Sequence[R], limit: int, convert: Callable[[R], T], position: Callable[[R], int]
+) -> Page[T]:
+    """A page from ``limit + 1`` fetched rows: the extra row only tells that another page exists."""
+    more = len(rows) > limit
+    kept = rows[:limit]
+    return Page([convert(row) for row in kept], position(kept[-1]) if more else None)

@@ -1,0 +1,115 @@
+"""Ledgers, API keys and instance settings in SQL."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Row, insert, select, update
+
+from tally.domain.keys import ApiKey, Ledger, Scope
+from tally.services.ports import Page
+from tally.store import tables as t
+from tally.store.codec import from_micros, maybe_from_micros, to_micros
+from tally.store.repositories.base import SqlRepository, page_of
+
+
+class SqlLedgerRepository(SqlRepository):
+    async def add(self, ledger: Ledger) -> None:
+        self._tx.mark_written()
+        await self._conn.execute(
+            insert(t.ledgers).values(
+                id=ledger.id, name=ledger.name, created_at=to_micros(ledger.created_at)
+            )
+        )
+
+    async def get(self, ledger_id: str) -> Ledger | None:
+        row = (
+            await self._conn.execute(select(t.ledgers).where(t.ledgers.c.id == ledger_id))
+        ).first()
+        return None if row is None else Ledger(row.id, row.name, from_micros(row.created_at))
+
+
+def _key(row: Row[tuple[object, ...]]) -> ApiKey:
+    m = row._mapping
+    return ApiKey(
+        id=m["id"],
+        ledger_id=m["ledger_id"],
+        name=m["name"],
+        scopes=frozenset(Scope(s) for s in m["scopes"].split(",") if s),
+        created_at=from_micros(m["created_at"]),
+        revoked_at=maybe_from_micros(m["revoked_at"]),
+        last_used_at=maybe_from_micros(m["last_used_at"]),
+        secret_hash=m["secret_hash"],
+    )
+
+
+class SqlApiKeyRepository(SqlRepository):
+    async def add(self, key: ApiKey) -> None:
+        self._tx.mark_written()
+        await self._conn.execute(
+            insert(t.api_keys).values(
+                id=key.id,
+                ledger_id=key.ledger_id,
+                name=key.name,
+                scopes=",".join(sorted(s.value for s in key.scopes)),
+                secret_hash=key.secret_hash,
+                created_at=to_micros(key.created_at),
+            )
+        )
+
+    async def by_hash(self, secret_hash: bytes) -> ApiKey | None:
+        row = (
+            await self._conn.execute(
+                select(t.api_keys).where(t.api_keys.c.secret_hash == secret_hash)
+            )
+        ).first()
+        return None if row is None else _key(row)
+
+    async def get(self, ledger_id: str, key_id: str) -> ApiKey | None:
+        row = (
+            await self._conn.execute(
+                select(t.api_keys).where(
+                    t.api_keys.c.id == key_id, t.api_keys.c.ledger_id == ledger_id
+                )
+            )
+        ).first()
+        return None if row is None else _key(row)
+
+    async def list(self, ledger_id: str, *, after: int | None, limit: int) -> Page[ApiKey]:
+        query = select(t.api_keys).where(t.api_keys.c.ledger_id == ledger_id)
+        if after is not None:
+            query = query.where(t.api_keys.c.pk > after)
+        rows = (
+            await self._conn.execute(query.order_by(t.api_keys.c.pk).limit(limit + 1))
+        ).all()
+        return page_of(rows, limit, _key, lambda row: row.pk)
+
+    async def revoke(self, ledger_id: str, key_id: str, at: datetime) -> None:
+        self._tx.mark_written()
+        await self._conn.execute(
+            update(t.api_keys)
+            .where(t.api_keys.c.id == key_id, t.api_keys.c.ledger_id == ledger_id)
+            .values(revoked_at=to_micros(at))
+        )
+
+    async def touch(self, key_id: str, at: datetime) -> None:
+        self._tx.mark_written()
+        await self._conn.execute(
+            update(t.api_keys).where(t.api_keys.c.id == key_id).values(last_used_at=to_micros(at))
+        )
+
+
+class SqlInstanceRepository(SqlRepository):
+    async def get(self, name: str) -> bytes | None:
+        value: bytes | None = (
+            await self._conn.execute(select(t.instance.c.value).where(t.instance.c.name == name))
+        ).scalar()
+        return value
+
+    async def put_if_absent(self, name: str, value: bytes) -> bytes:
+        stored = await self.get(name)
+        if stored is not None:
+            return stored
+        self._tx.mark_written()
+        await self._conn.execute(insert(t.instance).values(name=name, value=value))
+        return value
