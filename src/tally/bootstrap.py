@@ -11,7 +11,7 @@ from tally.config import Settings
 from tally.observability.logging import configure_logging, get_logger
 from tally.services.idempotency import IdempotentExecutor
 from tally.services.ledgers import Authenticator, root_key_hash
-from tally.store.database import SqlDatabase
+from tally.store.sqlite import open_database
 
 _log = get_logger("tally")
 
@@ -22,7 +22,7 @@ class Tally:
     def __init__(self, settings: Settings, *, announce_root_key: bool = True) -> None:
         self.settings = settings
         self.max_body_bytes = settings.max_body_bytes
-        self.database = SqlDatabase(
+        self.database = open_database(
             settings.database_url,
             read_pool_size=settings.read_pool_size,
             synchronous=settings.sqlite_synchronous,
@@ -35,7 +35,8 @@ class Tally:
 
     @property
     def authenticator(self) -> Authenticator:
-        assert self._authenticator is not None, "Tally.start() has not run"
+        if self._authenticator is None:
+            raise RuntimeError("Tally.start() has not run")
         return self._authenticator
 
     async def start(self) -> None:
@@ -61,7 +62,7 @@ class Tally:
         try:
             async with self.database.read() as tx:
                 await tx.instance.get("root_key_hash")
-        except Exception:  # noqa: BLE001 - any failure means the database cannot serve
+        except Exception:
             return {"database": "down"}
         return {"database": "ok"}
 

@@ -24,7 +24,8 @@ class Settings(BaseSettings):
         description="Primary database: sqlite:///path.db or postgresql+psycopg://...",
     )
     root_key: SecretStr | None = Field(
-        default=None, description="The root key; generated and printed once at first start if unset."
+        default=None,
+        description="The root key; generated and printed once at first start if unset.",
     )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
@@ -44,7 +45,6 @@ class Settings(BaseSettings):
     def _well_formed_root_key(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and secret_kind(value.get_secret_value()) != "root":
             raise ValueError(
-                "TALLY_ROOT_KEY must be a Tally root key (tally_root_...); "
-                "make one with `tally keygen`."
+                "TALLY_ROOT_KEY must be a Tally root key (tally_root_...); make one with `tally keygen`."
             )
         return value

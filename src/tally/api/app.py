@@ -75,12 +75,17 @@ def _install_error_handlers(app: FastAPI) -> None:
         if any(p.get("type") == "json_invalid" for p in problems):
             return _problem(request, "invalid_json", "The body is not valid JSON.")
         field_errors = [
-            {"loc": [str(part) if not isinstance(part, int) else part for part in p["loc"]],
-             "msg": p["msg"]}
+            {
+                "loc": [str(part) if not isinstance(part, int) else part for part in p["loc"]],
+                "msg": p["msg"],
+            }
             for p in problems
         ]
         body = problem_body(
-            BY_CODE["validation_error"], "The request is not valid.", request_id(request), field_errors
+            BY_CODE["validation_error"],
+            "The request is not valid.",
+            request_id(request),
+            field_errors,
         )
         return respond(StoredReply(422, body))
 
@@ -110,9 +115,7 @@ def openapi_document(app: FastAPI) -> dict[str, Any]:
     """The OpenAPI document, with the bearer scheme and problem+json error responses."""
     if app.openapi_schema:
         return app.openapi_schema
-    schema = get_openapi(
-        title=app.title, version=app.version, description=app.description, routes=app.routes
-    )
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
     components = schema.setdefault("components", {})
     components.setdefault("securitySchemes", {})["bearer"] = {"type": "http", "scheme": "bearer"}
     problem_schema = ProblemOut.model_json_schema(ref_template="#/components/schemas/{model}")

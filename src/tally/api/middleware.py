@@ -85,9 +85,7 @@ class RequestContextMiddleware:
 
     async def _too_large(self, send: Send, request_id: str) -> None:
         problem = BY_CODE["payload_too_large"]
-        body = problem_body(
-            problem, f"The body exceeds {self.max_body_bytes} bytes.", request_id
-        )
+        body = problem_body(problem, f"The body exceeds {self.max_body_bytes} bytes.", request_id)
         await send(
             {
                 "type": "http.response.start",

@@ -23,60 +23,220 @@ class Problem:
 
 
 _ROWS: list[tuple[type[e.TallyError] | None, Problem]] = [
-    (e.ValidationFailed, Problem("validation_error", 422, "The request is not valid",
-        "Fix the fields listed in `errors` (each has a `loc` and a `msg`) and send it again.")),
-    (None, Problem("invalid_json", 400, "The body is not valid JSON",
-        "Send a UTF-8 JSON document with `Content-Type: application/json`.")),
-    (None, Problem("payload_too_large", 413, "The body is too large",
-        "Bodies are limited to 1 MiB. Split a large batch into several requests.")),
-    (e.SameAccount, Problem("same_account", 422, "Debit and credit accounts are the same",
-        "A transfer moves value between two different accounts.")),
-    (e.UnbalancedTransfer, Problem("unbalanced_transfer", 422, "The transfer does not balance",
-        "In every currency, the debit legs must add up to the credit legs.")),
-    (e.IdempotencyKeyRequired, Problem("idempotency_key_required", 400,
-        "An Idempotency-Key header is required",
-        "Send a unique `Idempotency-Key` (1-255 printable ASCII characters) with every request "
-        "that moves money, and reuse it when you retry that request.")),
-    (e.IdempotencyKeyInUse, Problem("idempotency_key_in_use", 409,
-        "A request with this Idempotency-Key is in flight",
-        "Wait for the first request to finish (see `Retry-After`), then retry with the same key.")),
-    (e.IdempotencyKeyReused, Problem("idempotency_key_reused", 422,
-        "The Idempotency-Key was used for a different request",
-        "Use a new key for a new request; a key replays only the request it was first used for.")),
-    (e.Unauthenticated, Problem("unauthenticated", 401, "Authentication is required",
-        "Send `Authorization: Bearer <key>` with a valid, unrevoked key.")),
-    (e.Forbidden, Problem("forbidden", 403, "The key may not do this",
-        "Use a key with the scope this route needs (read, write or admin), or the root key for "
-        "ledgers and their keys.")),
-    (e.NotFound, Problem("not_found", 404, "Not found",
-        "The resource does not exist in this key's ledger.")),
-    (None, Problem("method_not_allowed", 405, "Method not allowed",
-        "This path does not accept this method; see the API reference.")),
-    (e.AccountNotFound, Problem("account_not_found", 422, "An account does not exist",
-        "Every leg must name an account of this ledger.")),
-    (e.IdConflict, Problem("id_conflict", 409, "The id is taken by a different resource",
-        "A create with an existing id must carry the same body; choose a new id otherwise.")),
-    (e.AccountNotEmpty, Problem("account_not_empty", 409, "The account is not empty",
-        "Only an account with zero posted and pending balances can be closed.")),
-    (e.AccountClosed, Problem("account_closed", 409, "The account is closed",
-        "A closed account cannot change; open a new one.")),
-    (e.AccountNotOpen, Problem("account_not_open", 422, "An account is not open",
-        "Frozen and closed accounts take no new postings or holds.")),
-    (e.CurrencyMismatch, Problem("currency_mismatch", 422, "Currencies do not match",
-        "Both accounts of a simple transfer must hold the transfer's currency.")),
-    (e.InsufficientFunds, Problem("insufficient_funds", 422, "A balance bound would be broken",
-        "The change would take an account's available balance below its `min_balance`, or its "
-        "balance above its `max_balance`.")),
-    (e.AmountOverflow, Problem("amount_overflow", 422, "A balance would overflow",
-        "Balances are 64-bit signed integers of minor units; the result would leave that range.")),
-    (None, Problem("rate_limited", 429, "Too many requests",
-        "Wait for the number of seconds in `Retry-After`, then retry.")),
-    (e.Unavailable, Problem("unavailable", 503, "The service is unavailable",
-        "Retry later (see `Retry-After`) with the same Idempotency-Key; nothing was applied.")),
-    (e.DeadlineExceeded, Problem("deadline_exceeded", 504, "The time budget ran out",
-        "Nothing was applied. Retry with the same Idempotency-Key, or a larger `Tally-Timeout-Ms`.")),
-    (None, Problem("internal_error", 500, "Internal error",
-        "Something failed inside Tally; nothing was applied. Retry with the same Idempotency-Key.")),
+    (
+        e.ValidationFailed,
+        Problem(
+            "validation_error",
+            422,
+            "The request is not valid",
+            "Fix the fields listed in `errors` (each has a `loc` and a `msg`) and send it again.",
+        ),
+    ),
+    (
+        None,
+        Problem(
+            "invalid_json",
+            400,
+            "The body is not valid JSON",
+            "Send a UTF-8 JSON document with `Content-Type: application/json`.",
+        ),
+    ),
+    (
+        None,
+        Problem(
+            "payload_too_large",
+            413,
+            "The body is too large",
+            "Bodies are limited to 1 MiB. Split a large batch into several requests.",
+        ),
+    ),
+    (
+        e.SameAccount,
+        Problem(
+            "same_account",
+            422,
+            "Debit and credit accounts are the same",
+            "A transfer moves value between two different accounts.",
+        ),
+    ),
+    (
+        e.UnbalancedTransfer,
+        Problem(
+            "unbalanced_transfer",
+            422,
+            "The transfer does not balance",
+            "In every currency, the debit legs must add up to the credit legs.",
+        ),
+    ),
+    (
+        e.IdempotencyKeyRequired,
+        Problem(
+            "idempotency_key_required",
+            400,
+            "An Idempotency-Key header is required",
+            "Send a unique `Idempotency-Key` (1-255 printable ASCII characters) with every request "
+            "that moves money, and reuse it when you retry that request.",
+        ),
+    ),
+    (
+        e.IdempotencyKeyInUse,
+        Problem(
+            "idempotency_key_in_use",
+            409,
+            "A request with this Idempotency-Key is in flight",
+            "Wait for the first request to finish (see `Retry-After`), then retry with the same key.",
+        ),
+    ),
+    (
+        e.IdempotencyKeyReused,
+        Problem(
+            "idempotency_key_reused",
+            422,
+            "The Idempotency-Key was used for a different request",
+            "Use a new key for a new request; a key replays only the request it was first used for.",
+        ),
+    ),
+    (
+        e.Unauthenticated,
+        Problem(
+            "unauthenticated",
+            401,
+            "Authentication is required",
+            "Send `Authorization: Bearer <key>` with a valid, unrevoked key.",
+        ),
+    ),
+    (
+        e.Forbidden,
+        Problem(
+            "forbidden",
+            403,
+            "The key may not do this",
+            "Use a key with the scope this route needs (read, write or admin), or the root key for "
+            "ledgers and their keys.",
+        ),
+    ),
+    (
+        e.NotFound,
+        Problem("not_found", 404, "Not found", "The resource does not exist in this key's ledger."),
+    ),
+    (
+        None,
+        Problem(
+            "method_not_allowed",
+            405,
+            "Method not allowed",
+            "This path does not accept this method; see the API reference.",
+        ),
+    ),
+    (
+        e.AccountNotFound,
+        Problem(
+            "account_not_found",
+            422,
+            "An account does not exist",
+            "Every leg must name an account of this ledger.",
+        ),
+    ),
+    (
+        e.IdConflict,
+        Problem(
+            "id_conflict",
+            409,
+            "The id is taken by a different resource",
+            "A create with an existing id must carry the same body; choose a new id otherwise.",
+        ),
+    ),
+    (
+        e.AccountNotEmpty,
+        Problem(
+            "account_not_empty",
+            409,
+            "The account is not empty",
+            "Only an account with zero posted and pending balances can be closed.",
+        ),
+    ),
+    (
+        e.AccountClosed,
+        Problem(
+            "account_closed",
+            409,
+            "The account is closed",
+            "A closed account cannot change; open a new one.",
+        ),
+    ),
+    (
+        e.AccountNotOpen,
+        Problem(
+            "account_not_open",
+            422,
+            "An account is not open",
+            "Frozen and closed accounts take no new postings or holds.",
+        ),
+    ),
+    (
+        e.CurrencyMismatch,
+        Problem(
+            "currency_mismatch",
+            422,
+            "Currencies do not match",
+            "Both accounts of a simple transfer must hold the transfer's currency.",
+        ),
+    ),
+    (
+        e.InsufficientFunds,
+        Problem(
+            "insufficient_funds",
+            422,
+            "A balance bound would be broken",
+            "The change would take an account's available balance below its `min_balance`, or its "
+            "balance above its `max_balance`.",
+        ),
+    ),
+    (
+        e.AmountOverflow,
+        Problem(
+            "amount_overflow",
+            422,
+            "A balance would overflow",
+            "Balances are 64-bit signed integers of minor units; the result would leave that range.",
+        ),
+    ),
+    (
+        None,
+        Problem(
+            "rate_limited",
+            429,
+            "Too many requests",
+            "Wait for the number of seconds in `Retry-After`, then retry.",
+        ),
+    ),
+    (
+        e.Unavailable,
+        Problem(
+            "unavailable",
+            503,
+            "The service is unavailable",
+            "Retry later (see `Retry-After`) with the same Idempotency-Key; nothing was applied.",
+        ),
+    ),
+    (
+        e.DeadlineExceeded,
+        Problem(
+            "deadline_exceeded",
+            504,
+            "The time budget ran out",
+            "Nothing was applied. Retry with the same Idempotency-Key, or a larger `Tally-Timeout-Ms`.",
+        ),
+    ),
+    (
+        None,
+        Problem(
+            "internal_error",
+            500,
+            "Internal error",
+            "Something failed inside Tally; nothing was applied. Retry with the same Idempotency-Key.",
+        ),
+    ),
 ]
 
 BY_CODE: dict[str, Problem] = {problem.code: problem for _, problem in _ROWS}
@@ -86,12 +246,15 @@ _BY_CLASS: dict[type[e.TallyError], Problem] = {cls: p for cls, p in _ROWS if cl
 def problem_for(error: e.TallyError) -> Problem:
     for cls in type(error).__mro__:
         if cls in _BY_CLASS:
-            return _BY_CLASS[cls]  # type: ignore[index]
+            return _BY_CLASS[cls]
     return BY_CODE["internal_error"]
 
 
 def problem_body(
-    problem: Problem, detail: str, request_id: str | None, errors: list[dict[str, object]] | None = None
+    problem: Problem,
+    detail: str,
+    request_id: str | None,
+    errors: list[dict[str, object]] | None = None,
 ) -> bytes:
     body: dict[str, object] = {
         "type": f"/problems/{problem.code}",
@@ -108,7 +271,7 @@ def problem_body(
 
 def render_error(error: e.TallyError, request_id: str | None) -> StoredReply:
     problem = problem_for(error)
-    errors = None
+    errors: list[dict[str, object]] | None = None
     if isinstance(error, e.ValidationFailed):
         errors = [{"loc": list(f.loc), "msg": f.msg} for f in error.errors]
     return StoredReply(problem.status, problem_body(problem, error.detail, request_id, errors))

@@ -60,9 +60,7 @@ async def idempotency_key(request: Request, *, required: bool) -> IdempotencyKey
             raise IdempotencyKeyRequired("Send an Idempotency-Key header with this request.")
         return None
     if _IDEMPOTENCY_KEY.fullmatch(raw) is None:
-        raise ValidationFailed.at(
-            ("header", "Idempotency-Key"), "Must be 1-255 printable ASCII characters."
-        )
+        raise ValidationFailed.at(("header", "Idempotency-Key"), "Must be 1-255 printable ASCII characters.")
     digest = hashlib.sha256()
     digest.update(request.method.encode())
     digest.update(b" ")
@@ -74,9 +72,7 @@ async def idempotency_key(request: Request, *, required: bool) -> IdempotencyKey
 
 def request_hash(model: BaseModel) -> bytes:
     """What a create with a client id is compared by: the body as understood, defaults included."""
-    return hashlib.sha256(
-        orjson.dumps(model.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
-    ).digest()
+    return hashlib.sha256(orjson.dumps(model.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)).digest()
 
 
 def rejecter(request: Request) -> Callable[[Rejection], StoredReply]:

@@ -8,7 +8,7 @@ declares nothing refuses to start (``TallyRoute.__init__``).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from enum import StrEnum
 from typing import Any
 
@@ -51,7 +51,8 @@ def principal(request: Request) -> Principal:
 def ledger_of(request: Request) -> str:
     """The ledger of the calling key (routes inside a ledger)."""
     ledger_id = principal(request).ledger_id
-    assert ledger_id is not None
+    if ledger_id is None:  # TallyRoute refuses the root key on ledger routes before this
+        raise Forbidden("The root key manages ledgers and keys only; use a ledger key.")
     return ledger_id
 
 
@@ -63,7 +64,7 @@ class TallyRoute(APIRoute):
         self.access = Access(declared)
         super().__init__(path, endpoint, **kwargs)
 
-    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
         level = self.access
 

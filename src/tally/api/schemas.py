@@ -128,13 +128,9 @@ class TransferCreate(Metadata):
         simple = (self.debit_account_id, self.credit_account_id, self.amount)
         if self.legs is not None:
             if any(v is not None for v in (*simple, self.currency)):
-                raise ValueError(
-                    "use either legs or debit_account_id/credit_account_id/amount/currency"
-                )
+                raise ValueError("use either legs or debit_account_id/credit_account_id/amount/currency")
         elif any(v is None for v in simple):
-            raise ValueError(
-                "debit_account_id, credit_account_id and amount are required without legs"
-            )
+            raise ValueError("debit_account_id, credit_account_id and amount are required without legs")
         return self
 
 

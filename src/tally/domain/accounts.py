@@ -87,13 +87,8 @@ class Bounds:
             raise InsufficientFunds(
                 f"The available balance would fall below the minimum of {self.min_balance}."
             )
-        if (
-            self.max_balance is not None
-            and balance.posted + balance.pending_inflows(side) > self.max_balance
-        ):
-            raise InsufficientFunds(
-                f"The balance would rise above the maximum of {self.max_balance}."
-            )
+        if self.max_balance is not None and balance.posted + balance.pending_inflows(side) > self.max_balance:
+            raise InsufficientFunds(f"The balance would rise above the maximum of {self.max_balance}.")
 
 
 @dataclass(frozen=True, slots=True)

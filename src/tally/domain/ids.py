@@ -31,7 +31,8 @@ def uuid7() -> uuid.UUID:
 
 def new_id(prefix: str) -> str:
     """A fresh server id such as ``acc_0192b3c4d5e67f8091a2b3c4d5e6f708``."""
-    assert prefix in PREFIXES, prefix
+    if prefix not in PREFIXES:
+        raise ValueError(f"unknown id prefix {prefix!r}")
     return f"{prefix}_{uuid7().hex}"
 
 

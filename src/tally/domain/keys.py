@@ -20,7 +20,7 @@ from enum import StrEnum
 _ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _RANDOM_CHARS = 30
 _CHECK_CHARS = 6
-_secret = re.compile(r"^tally_(root|key)_([0-9A-Za-z]{%d})([0-9A-Za-z]{%d})$" % (_RANDOM_CHARS, _CHECK_CHARS))
+_secret = re.compile(rf"^tally_(root|key)_([0-9A-Za-z]{{{_RANDOM_CHARS}}})([0-9A-Za-z]{{{_CHECK_CHARS}}})$")
 
 
 class Scope(StrEnum):

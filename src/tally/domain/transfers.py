@@ -65,9 +65,7 @@ class TransferRequest:
         debits = sum(leg.amount for leg in self.legs if leg.direction is Direction.DEBIT)
         credits = sum(leg.amount for leg in self.legs if leg.direction is Direction.CREDIT)
         if debits != credits:
-            raise UnbalancedTransfer(
-                f"Debits ({debits}) and credits ({credits}) of the transfer differ."
-            )
+            raise UnbalancedTransfer(f"Debits ({debits}) and credits ({credits}) of the transfer differ.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,9 +115,7 @@ def plan(request: TransferRequest, accounts: Mapping[str, Account]) -> Plan:
     for leg in request.legs:
         accounts[leg.account_id].require_open()
     _check_currencies(request, legs)
-    after = tuple(
-        accounts[leg.account_id].post(leg.direction, leg.amount) for leg in legs
-    )
+    after = tuple(accounts[leg.account_id].post(leg.direction, leg.amount) for leg in legs)
     return Plan(tuple(legs), after)
 
 
@@ -129,15 +125,11 @@ def _check_currencies(request: TransferRequest, legs: list[Leg]) -> None:
         if len(currencies) > 1:
             raise CurrencyMismatch("The two accounts hold different currencies.")
         if request.currency is not None and request.currency not in currencies:
-            raise CurrencyMismatch(
-                f"The accounts hold {legs[0].currency}, not {request.currency}."
-            )
+            raise CurrencyMismatch(f"The accounts hold {legs[0].currency}, not {request.currency}.")
         return
     net: defaultdict[str, int] = defaultdict(int)
     for leg in legs:
         net[leg.currency] += leg.amount if leg.direction is Direction.DEBIT else -leg.amount
     unbalanced = sorted(currency for currency, total in net.items() if total != 0)
     if unbalanced:
-        raise UnbalancedTransfer(
-            f"Debits and credits differ in {', '.join(unbalanced)}."
-        )
+        raise UnbalancedTransfer(f"Debits and credits differ in {', '.join(unbalanced)}.")

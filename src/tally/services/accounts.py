@@ -138,9 +138,7 @@ async def list_accounts(
     limit: int,
 ) -> Page[Account]:
     async with database.read() as tx:
-        return await tx.accounts.list(
-            ledger_id, currency=currency, status=status, after=after, limit=limit
-        )
+        return await tx.accounts.list(ledger_id, currency=currency, status=status, after=after, limit=limit)
 
 
 async def balance_as_of(

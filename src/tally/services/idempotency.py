@@ -89,9 +89,7 @@ class IdempotentExecutor:
                 record = await tx.idempotency.get(ledger_id, key.key)
                 if record is not None:
                     if record.fingerprint != key.fingerprint:
-                        raise IdempotencyKeyReused(
-                            "This Idempotency-Key was used with a different request."
-                        )
+                        raise IdempotencyKeyReused("This Idempotency-Key was used with a different request.")
                     return Outcome(record.reply, replayed=True)
             try:
                 reply = await action(tx)

@@ -67,9 +67,7 @@ async def revoke_key(tx: Transaction, ledger_id: str, key_id: str) -> None:
         await tx.keys.revoke(ledger_id, key_id, await tx.now())
 
 
-async def list_keys(
-    database: Database, ledger_id: str, *, after: int | None, limit: int
-) -> Page[ApiKey]:
+async def list_keys(database: Database, ledger_id: str, *, after: int | None, limit: int) -> Page[ApiKey]:
     async with database.read() as tx:
         await require_ledger(tx, ledger_id)
         return await tx.keys.list(ledger_id, after=after, limit=limit)

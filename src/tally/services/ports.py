@@ -21,7 +21,6 @@ from tally.domain.accounts import Account, AccountStatus, Balance, Direction
 from tally.domain.keys import ApiKey, Ledger
 from tally.domain.transfers import Transfer, TransferStatus
 
-
 T = TypeVar("T")
 
 
@@ -206,11 +205,11 @@ class Transaction(Protocol):
 
 
 class Database(Protocol):
-    def write(self) -> AbstractAsyncContextManager[Transaction]:
+    def write(self) -> AbstractAsyncContextManager[Transaction, bool | None]:
         """A write transaction holding the write lock; commits when the block ends cleanly."""
         ...
 
-    def read(self) -> AbstractAsyncContextManager[Transaction]:
+    def read(self) -> AbstractAsyncContextManager[Transaction, bool | None]:
         """A read-only transaction on one consistent snapshot."""
         ...
 

@@ -13,6 +13,7 @@ from tally.domain.transfers import Transfer, TransferRequest, TransferStatus, pl
 from tally.services.ports import Database, NewEntry, NewEvent, Page, Transaction
 from tally.services.views import transfer_view
 
+
 async def create_transfer(
     tx: Transaction,
     ledger_id: str,
@@ -64,9 +65,7 @@ async def create_transfer(
         ],
         now,
     )
-    await tx.events.add(
-        NewEvent(ledger_id, "transfer.created", transfer_view(transfer), request_id), now
-    )
+    await tx.events.add(NewEvent(ledger_id, "transfer.created", transfer_view(transfer), request_id), now)
     return transfer, True
 
 

@@ -35,7 +35,6 @@ metadata = MetaData(
 
 # INTEGER on SQLite (the rowid alias when it is the primary key), BIGINT on PostgreSQL.
 Int64 = BigInteger().with_variant(Integer(), "sqlite")
-STRICT = {"sqlite_strict": True}
 
 
 def _pk() -> Column[int]:
@@ -47,7 +46,7 @@ instance = Table(
     metadata,
     Column("name", Text, primary_key=True),
     Column("value", LargeBinary, nullable=False),
-    **STRICT,
+    sqlite_strict=True,
 )
 
 ledgers = Table(
@@ -56,7 +55,7 @@ ledgers = Table(
     Column("id", Text, primary_key=True),
     Column("name", Text, nullable=False),
     Column("created_at", Int64, nullable=False),
-    **STRICT,
+    sqlite_strict=True,
 )
 
 api_keys = Table(
@@ -72,7 +71,7 @@ api_keys = Table(
     Column("revoked_at", Int64),
     Column("last_used_at", Int64),
     Index(None, "ledger_id", "pk"),
-    **STRICT,
+    sqlite_strict=True,
 )
 
 accounts = Table(
@@ -102,7 +101,7 @@ accounts = Table(
     Index(None, "ledger_id", "pk"),
     Index(None, "ledger_id", "currency", "status", "pk"),
     Index(None, "ledger_id", "status", "pk"),
-    **STRICT,
+    sqlite_strict=True,
 )
 
 transfers = Table(
@@ -122,12 +121,10 @@ transfers = Table(
     Column("created_at", Int64, nullable=False),
     Column("posted_at", Int64),
     UniqueConstraint("ledger_id", "id"),
-    CheckConstraint(
-        "status IN ('posted', 'pending', 'voided', 'expired')", name="status"
-    ),
+    CheckConstraint("status IN ('posted', 'pending', 'voided', 'expired')", name="status"),
     Index(None, "ledger_id", "pk"),
     Index(None, "ledger_id", "status", "pk"),
-    **STRICT,
+    sqlite_strict=True,
 )
 
 transfer_legs = Table(
@@ -141,7 +138,7 @@ transfer_legs = Table(
     CheckConstraint("direction IN ('debit', 'credit')", name="direction"),
     CheckConstraint("amount > 0", name="amount"),
     Index(None, "account_pk", "transfer_pk"),
-    **STRICT,
+    sqlite_strict=True,
 )
 
 entries = Table(
@@ -161,7 +158,7 @@ entries = Table(
     CheckConstraint("amount > 0", name="amount"),
     Index(None, "account_pk", "pk"),
     Index(None, "account_pk", "created_at", "pk"),
-    **STRICT,
+    sqlite_strict=True,
 )
 
 idempotency_keys = Table(
@@ -176,7 +173,7 @@ idempotency_keys = Table(
     Column("created_at", Int64, nullable=False),
     Column("keep_until", Int64, nullable=False),
     Index(None, "keep_until"),
-    **STRICT,
+    sqlite_strict=True,
 )
 
 events = Table(
@@ -190,5 +187,5 @@ events = Table(
     Column("request_id", Text),
     Column("created_at", Int64, nullable=False),
     Index(None, "ledger_id", "pk"),
-    **STRICT,
+    sqlite_strict=True,
 )

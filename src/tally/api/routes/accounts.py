@@ -38,9 +38,7 @@ router = APIRouter(route_class=TallyRoute, tags=["accounts"])
 Limit = Annotated[int, Query(ge=1, le=1000)]
 
 
-@router.post(
-    "/v1/accounts", status_code=201, response_model=AccountOut, openapi_extra=access(Access.WRITE)
-)
+@router.post("/v1/accounts", status_code=201, response_model=AccountOut, openapi_extra=access(Access.WRITE))
 async def open_account(body: AccountCreate, request: Request) -> Response:
     ledger_id = ledger_of(request)
     command = accounts.OpenAccount(
@@ -66,9 +64,7 @@ async def open_account(body: AccountCreate, request: Request) -> Response:
 
 @router.get("/v1/accounts/{account_id}", response_model=AccountOut, openapi_extra=access(Access.READ))
 async def get_account(account_id: str, request: Request) -> Response:
-    account = await accounts.get_account(
-        request.app.state.tally.database, ledger_of(request), account_id
-    )
+    account = await accounts.get_account(request.app.state.tally.database, ledger_of(request), account_id)
     return respond_json(200, account_view(account))
 
 
@@ -91,9 +87,7 @@ async def list_accounts(
     return page_reply(page, account_view)
 
 
-@router.patch(
-    "/v1/accounts/{account_id}", response_model=AccountOut, openapi_extra=access(Access.WRITE)
-)
+@router.patch("/v1/accounts/{account_id}", response_model=AccountOut, openapi_extra=access(Access.WRITE))
 async def change_account(account_id: str, body: AccountPatch, request: Request) -> Response:
     ledger_id = ledger_of(request)
     sent = body.model_fields_set
@@ -122,11 +116,11 @@ async def change_account(account_id: str, body: AccountPatch, request: Request) 
 
 
 @router.get(
-    "/v1/accounts/{account_id}/balance", response_model=BalanceOut, openapi_extra=access(Access.READ)
+    "/v1/accounts/{account_id}/balance",
+    response_model=BalanceOut,
+    openapi_extra=access(Access.READ),
 )
-async def get_balance(
-    account_id: str, request: Request, as_of: datetime | None = None
-) -> Response:
+async def get_balance(account_id: str, request: Request, as_of: datetime | None = None) -> Response:
     if as_of is not None and as_of.tzinfo is None:
         raise ValidationFailed.at(("query", "as_of"), "as_of needs a time zone (RFC 3339).")
     found = await accounts.balance_as_of(
@@ -148,9 +142,7 @@ async def get_balance(
     )
 
 
-@router.get(
-    "/v1/accounts/{account_id}/entries", response_model=EntryPage, openapi_extra=access(Access.READ)
-)
+@router.get("/v1/accounts/{account_id}/entries", response_model=EntryPage, openapi_extra=access(Access.READ))
 async def list_entries(
     account_id: str, request: Request, limit: Limit = 100, cursor: str | None = None
 ) -> Response:

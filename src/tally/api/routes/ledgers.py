@@ -83,9 +83,7 @@ async def list_keys(
     return page_reply(page, key_view)
 
 
-@router.delete(
-    "/v1/ledgers/{ledger_id}/keys/{key_id}", status_code=204, openapi_extra=access(Access.KEYS)
-)
+@router.delete("/v1/ledgers/{ledger_id}/keys/{key_id}", status_code=204, openapi_extra=access(Access.KEYS))
 async def revoke_key(ledger_id: str, key_id: str, request: Request) -> Response:
     _own_ledger(request, ledger_id)
     async with request.app.state.tally.database.write() as tx:

@@ -26,7 +26,9 @@ async def readyz(request: Request) -> Response:
     """200 when every dependency answers; the body lists each one as ``ok|degraded|down``."""
     checks = await request.app.state.tally.readiness()
     ready = all(state != "down" for state in checks.values())
-    return respond_json(200 if ready else 503, {"status": "ready" if ready else "not_ready", "checks": checks})
+    return respond_json(
+        200 if ready else 503, {"status": "ready" if ready else "not_ready", "checks": checks}
+    )
 
 
 @router.get("/problems/{code}", response_class=HTMLResponse, openapi_extra=access(Access.PUBLIC))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Row, bindparam, insert, select, update
 
@@ -17,7 +18,7 @@ from tally.store.repositories.base import SqlRepository, page_of
 _a = t.accounts
 
 
-def account_from_row(row: Row[tuple[object, ...]]) -> Account:
+def account_from_row(row: Row[Any]) -> Account:
     m = row._mapping
     return Account(
         pk=m["pk"],
@@ -37,6 +38,14 @@ def account_from_row(row: Row[tuple[object, ...]]) -> Account:
     )
 
 
+# Statements are built once (SQLAlchemy then reuses their compiled form) and take bound values.
+_insert = insert(_a).returning(_a.c.pk)
+_by_id = select(_a).where(_a.c.ledger_id == bindparam("ledger_id"), _a.c.id == bindparam("id"))
+_many_by_id = select(_a).where(
+    _a.c.ledger_id == bindparam("ledger_id"), _a.c.id.in_(bindparam("ids", expanding=True))
+)
+# Row locks in pk order (see lock()).
+_many_by_id_for_update = _many_by_id.order_by(_a.c.pk).with_for_update()
 # Balance updates go through one prepared shape, executed for all touched accounts at once.
 _save_balance = (
     update(_a)
@@ -55,48 +64,40 @@ class SqlAccountRepository(SqlRepository):
     async def add(self, account: Account) -> Account:
         self._tx.mark_written()
         result = await self._conn.execute(
-            insert(_a)
-            .values(
-                ledger_id=account.ledger_id,
-                id=account.id,
-                name=account.name,
-                currency=account.currency,
-                normal_balance=account.normal_balance.value,
-                min_balance=account.bounds.min_balance,
-                max_balance=account.bounds.max_balance,
-                status=account.status.value,
-                metadata=dump_json(account.metadata),
-                posted=account.balance.posted,
-                pending_debits=account.balance.pending_debits,
-                pending_credits=account.balance.pending_credits,
-                version=account.version,
-                request_hash=account.request_hash,
-                created_at=to_micros(account.created_at),
-                updated_at=to_micros(account.updated_at),
-            )
-            .returning(_a.c.pk)
+            _insert,
+            {
+                "ledger_id": account.ledger_id,
+                "id": account.id,
+                "name": account.name,
+                "currency": account.currency,
+                "normal_balance": account.normal_balance.value,
+                "min_balance": account.bounds.min_balance,
+                "max_balance": account.bounds.max_balance,
+                "status": account.status.value,
+                "metadata": dump_json(account.metadata),
+                "posted": account.balance.posted,
+                "pending_debits": account.balance.pending_debits,
+                "pending_credits": account.balance.pending_credits,
+                "version": account.version,
+                "request_hash": account.request_hash,
+                "created_at": to_micros(account.created_at),
+                "updated_at": to_micros(account.updated_at),
+            },
         )
         return replace(account, pk=result.scalar_one())
 
     async def get(self, ledger_id: str, account_id: str) -> Account | None:
-        row = (
-            await self._conn.execute(
-                select(_a).where(_a.c.ledger_id == ledger_id, _a.c.id == account_id)
-            )
-        ).first()
+        row = (await self._conn.execute(_by_id, {"ledger_id": ledger_id, "id": account_id})).first()
         return None if row is None else account_from_row(row)
 
     async def lock(self, ledger_id: str, account_ids: Sequence[str]) -> dict[str, Account]:
-        # FOR UPDATE in pk order: every writer takes account row locks in one order (no deadlock).
-        # SQLite ignores it; there the write transaction already holds the database's write lock.
-        rows = (
-            await self._conn.execute(
-                select(_a)
-                .where(_a.c.ledger_id == ledger_id, _a.c.id.in_(list(account_ids)))
-                .order_by(_a.c.pk)
-                .with_for_update()
-            )
-        ).all()
+        # On PostgreSQL, FOR UPDATE in pk order: every writer takes account row locks in one order,
+        # so two transfers over the same accounts never deadlock. SQLite has no row locks (its write
+        # transaction holds the database's write lock), and an ORDER BY there would steer its
+        # planner off the (ledger_id, id) index onto a scan of the whole ledger.
+        query = _many_by_id if self._conn.dialect.name == "sqlite" else _many_by_id_for_update
+        params = {"ledger_id": ledger_id, "ids": list(account_ids)}
+        rows = (await self._conn.execute(query, params)).all()
         return {row.id: account_from_row(row) for row in rows}
 
     async def save_balances(self, accounts: Sequence[Account], at: datetime) -> None:

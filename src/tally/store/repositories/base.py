@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import Dialect, Executable, Result
 
 from tally.services.ports import Page
 
 R = TypeVar("R")
 T = TypeVar("T")
+
+
+class SqlConnection(Protocol):
+    """What repositories need of a connection: SQLAlchemy Core execution, awaited.
+
+    ``sqlalchemy.ext.asyncio.AsyncConnection`` has this shape, and so does the SQLite adapter in
+    ``tally.store.sqlite``.
+    """
+
+    @property
+    def dialect(self) -> Dialect: ...
+
+    async def execute(self, statement: Executable, parameters: Any = None) -> Result[Any]: ...
 
 
 class WriteTracker(Protocol):
@@ -21,7 +34,7 @@ class WriteTracker(Protocol):
 class SqlRepository:
     __slots__ = ("_conn", "_tx")
 
-    def __init__(self, conn: AsyncConnection, tx: WriteTracker) -> None:
+    def __init__(self, conn: SqlConnection, tx: WriteTracker) -> None:
         self._conn = conn
         self._tx = tx
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Row, insert, select
+from sqlalchemy import bindparam, insert, select
 
 from tally.domain.accounts import Balance, Direction
 from tally.domain.ids import new_id
@@ -23,9 +24,27 @@ from tally.store.codec import dump_json, from_micros, to_micros
 from tally.store.repositories.base import SqlRepository, page_of
 
 _e = t.entries
+_k = t.idempotency_keys
+
+# Statements are built once (SQLAlchemy then reuses their compiled form) and take bound values.
+_insert_entries = insert(_e)
+_entries_of = (
+    select(*_e.c, t.transfers.c.id.label("transfer_id"))
+    .join(t.transfers, t.transfers.c.pk == _e.c.transfer_pk)
+    .where(_e.c.account_pk == bindparam("account_pk"))
+)
+_balance_at = (
+    select(_e.c.posted_after, _e.c.pending_debits_after, _e.c.pending_credits_after, _e.c.account_version)
+    .where(_e.c.account_pk == bindparam("account_pk"), _e.c.created_at <= bindparam("at"))
+    .order_by(_e.c.created_at.desc(), _e.c.pk.desc())
+    .limit(1)
+)
+_insert_key = insert(_k)
+_key_by_name = select(_k).where(_k.c.ledger_id == bindparam("ledger_id"), _k.c.key == bindparam("key"))
+_insert_event = insert(t.events).returning(t.events.c.pk)
 
 
-def _entry(row: Row[tuple[object, ...]]) -> Entry:
+def _entry(row: Any) -> Entry:  # a Row of entries + transfer_id
     m = row._mapping
     return Entry(
         pk=m["pk"],
@@ -46,7 +65,7 @@ class SqlEntryRepository(SqlRepository):
         self._tx.mark_written()
         micros = to_micros(at)
         await self._conn.execute(
-            insert(_e),
+            _insert_entries,
             [
                 {
                     "account_pk": e.account_pk,
@@ -64,45 +83,26 @@ class SqlEntryRepository(SqlRepository):
         )
 
     async def list(self, account_pk: int, *, before: int | None, limit: int) -> Page[Entry]:
-        query = (
-            select(*_e.c, t.transfers.c.id.label("transfer_id"))
-            .join(t.transfers, t.transfers.c.pk == _e.c.transfer_pk)
-            .where(_e.c.account_pk == account_pk)
-        )
+        query = _entries_of
         if before is not None:
             query = query.where(_e.c.pk < before)
-        rows = (await self._conn.execute(query.order_by(_e.c.pk.desc()).limit(limit + 1))).all()
-        return page_of(rows, limit, _entry, lambda row: row.pk)
+        result = await self._conn.execute(
+            query.order_by(_e.c.pk.desc()).limit(limit + 1), {"account_pk": account_pk}
+        )
+        return page_of(result.all(), limit, _entry, lambda row: row.pk)
 
     async def balance_at(self, account_pk: int, at: datetime) -> BalanceAt | None:
-        row = (
-            await self._conn.execute(
-                select(
-                    _e.c.posted_after,
-                    _e.c.pending_debits_after,
-                    _e.c.pending_credits_after,
-                    _e.c.account_version,
-                )
-                .where(_e.c.account_pk == account_pk, _e.c.created_at <= to_micros(at))
-                .order_by(_e.c.created_at.desc(), _e.c.pk.desc())
-                .limit(1)
-            )
-        ).first()
+        params = {"account_pk": account_pk, "at": to_micros(at)}
+        row = (await self._conn.execute(_balance_at, params)).first()
         if row is None:
             return None
-        return BalanceAt(Balance(row[0], row[1], row[2]), row[3])
-
-
-_k = t.idempotency_keys
+        balance = Balance(row.posted_after, row.pending_debits_after, row.pending_credits_after)
+        return BalanceAt(balance, row.account_version)
 
 
 class SqlIdempotencyRepository(SqlRepository):
     async def get(self, ledger_id: str, key: str) -> IdempotencyRecord | None:
-        row = (
-            await self._conn.execute(
-                select(_k).where(_k.c.ledger_id == ledger_id, _k.c.key == key)
-            )
-        ).first()
+        row = (await self._conn.execute(_key_by_name, {"ledger_id": ledger_id, "key": key})).first()
         if row is None:
             return None
         return IdempotencyRecord(
@@ -116,34 +116,33 @@ class SqlIdempotencyRepository(SqlRepository):
     async def add(self, record: IdempotencyRecord, *, keep_until: datetime) -> None:
         self._tx.mark_written()
         await self._conn.execute(
-            insert(_k).values(
-                ledger_id=record.ledger_id,
-                key=record.key,
-                fingerprint=record.fingerprint,
-                status=record.reply.status,
-                body=record.reply.body,
-                created_at=to_micros(record.created_at),
-                keep_until=to_micros(keep_until),
-            )
+            _insert_key,
+            {
+                "ledger_id": record.ledger_id,
+                "key": record.key,
+                "fingerprint": record.fingerprint,
+                "status": record.reply.status,
+                "body": record.reply.body,
+                "created_at": to_micros(record.created_at),
+                "keep_until": to_micros(keep_until),
+            },
         )
 
 
 class SqlEventRepository(SqlRepository):
     async def add(self, event: NewEvent, at: datetime) -> int:
         self._tx.mark_written()
-        pk: int = (
-            await self._conn.execute(
-                insert(t.events)
-                .values(
-                    id=new_id("evt"),
-                    ledger_id=event.ledger_id,
-                    type=event.type,
-                    data=dump_json(event.data),
-                    request_id=event.request_id,
-                    created_at=to_micros(at),
-                )
-                .returning(t.events.c.pk)
-            )
-        ).scalar_one()
+        result = await self._conn.execute(
+            _insert_event,
+            {
+                "id": new_id("evt"),
+                "ledger_id": event.ledger_id,
+                "type": event.type,
+                "data": dump_json(event.data),
+                "request_id": event.request_id,
+                "created_at": to_micros(at),
+            },
+        )
+        pk: int = result.scalar_one()
         self._tx.saw_event(pk)
         return pk

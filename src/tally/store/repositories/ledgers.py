@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Row, insert, select, update
+from sqlalchemy import Row, bindparam, insert, select, update
 
 from tally.domain.keys import ApiKey, Ledger, Scope
 from tally.services.ports import Page
@@ -17,19 +18,15 @@ class SqlLedgerRepository(SqlRepository):
     async def add(self, ledger: Ledger) -> None:
         self._tx.mark_written()
         await self._conn.execute(
-            insert(t.ledgers).values(
-                id=ledger.id, name=ledger.name, created_at=to_micros(ledger.created_at)
-            )
+            insert(t.ledgers).values(id=ledger.id, name=ledger.name, created_at=to_micros(ledger.created_at))
         )
 
     async def get(self, ledger_id: str) -> Ledger | None:
-        row = (
-            await self._conn.execute(select(t.ledgers).where(t.ledgers.c.id == ledger_id))
-        ).first()
+        row = (await self._conn.execute(select(t.ledgers).where(t.ledgers.c.id == ledger_id))).first()
         return None if row is None else Ledger(row.id, row.name, from_micros(row.created_at))
 
 
-def _key(row: Row[tuple[object, ...]]) -> ApiKey:
+def _key(row: Row[Any]) -> ApiKey:
     m = row._mapping
     return ApiKey(
         id=m["id"],
@@ -41,6 +38,9 @@ def _key(row: Row[tuple[object, ...]]) -> ApiKey:
         last_used_at=maybe_from_micros(m["last_used_at"]),
         secret_hash=m["secret_hash"],
     )
+
+
+_key_by_hash = select(t.api_keys).where(t.api_keys.c.secret_hash == bindparam("secret_hash"))
 
 
 class SqlApiKeyRepository(SqlRepository):
@@ -58,19 +58,13 @@ class SqlApiKeyRepository(SqlRepository):
         )
 
     async def by_hash(self, secret_hash: bytes) -> ApiKey | None:
-        row = (
-            await self._conn.execute(
-                select(t.api_keys).where(t.api_keys.c.secret_hash == secret_hash)
-            )
-        ).first()
+        row = (await self._conn.execute(_key_by_hash, {"secret_hash": secret_hash})).first()
         return None if row is None else _key(row)
 
     async def get(self, ledger_id: str, key_id: str) -> ApiKey | None:
         row = (
             await self._conn.execute(
-                select(t.api_keys).where(
-                    t.api_keys.c.id == key_id, t.api_keys.c.ledger_id == ledger_id
-                )
+                select(t.api_keys).where(t.api_keys.c.id == key_id, t.api_keys.c.ledger_id == ledger_id)
             )
         ).first()
         return None if row is None else _key(row)
@@ -79,9 +73,7 @@ class SqlApiKeyRepository(SqlRepository):
         query = select(t.api_keys).where(t.api_keys.c.ledger_id == ledger_id)
         if after is not None:
             query = query.where(t.api_keys.c.pk > after)
-        rows = (
-            await self._conn.execute(query.order_by(t.api_keys.c.pk).limit(limit + 1))
-        ).all()
+        rows = (await self._conn.execute(query.order_by(t.api_keys.c.pk).limit(limit + 1))).all()
         return page_of(rows, limit, _key, lambda row: row.pk)
 
     async def revoke(self, ledger_id: str, key_id: str, at: datetime) -> None:

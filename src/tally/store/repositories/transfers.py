@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import Any
 
-from sqlalchemy import Row, insert, select
+from sqlalchemy import bindparam, insert, select
 from sqlalchemy.orm import aliased
 
 from tally.domain.accounts import Direction
@@ -28,10 +29,22 @@ _l = t.transfer_legs
 _a = t.accounts
 _reversed = aliased(_t)
 
-_columns = [*_t.c, _reversed.c.id.label("reverses_id")]
+# Statements are built once (SQLAlchemy then reuses their compiled form) and take bound values.
+_with_reversed = select(*_t.c, _reversed.c.id.label("reverses_id")).outerjoin(
+    _reversed, _reversed.c.pk == _t.c.reverses_pk
+)
+_by_id = _with_reversed.where(_t.c.ledger_id == bindparam("ledger_id"), _t.c.id == bindparam("id"))
+_insert = insert(_t).returning(_t.c.pk)
+_insert_legs = insert(_l)
+_legs_of = (
+    select(_l.c.transfer_pk, _a.c.id, _l.c.direction, _l.c.amount, _a.c.currency)
+    .join(_a, _a.c.pk == _l.c.account_pk)
+    .where(_l.c.transfer_pk.in_(bindparam("pks", expanding=True)))
+    .order_by(_l.c.transfer_pk, _l.c.position)
+)
 
 
-def _transfer(row: Row[tuple[object, ...]], legs: tuple[Leg, ...]) -> Transfer:
+def _transfer(row: Any, legs: tuple[Leg, ...]) -> Transfer:
     m = row._mapping
     return Transfer(
         pk=m["pk"],
@@ -53,26 +66,24 @@ def _transfer(row: Row[tuple[object, ...]], legs: tuple[Leg, ...]) -> Transfer:
 class SqlTransferRepository(SqlRepository):
     async def add(self, transfer: Transfer, account_pks: dict[str, int]) -> Transfer:
         self._tx.mark_written()
-        pk = (
-            await self._conn.execute(
-                insert(_t)
-                .values(
-                    ledger_id=transfer.ledger_id,
-                    id=transfer.id,
-                    status=transfer.status.value,
-                    description=transfer.description,
-                    metadata=dump_json(transfer.metadata),
-                    reversed_amount=transfer.reversed_amount,
-                    expires_at=maybe_to_micros(transfer.expires_at),
-                    request_hash=transfer.request_hash,
-                    created_at=to_micros(transfer.created_at),
-                    posted_at=maybe_to_micros(transfer.posted_at),
-                )
-                .returning(_t.c.pk)
-            )
-        ).scalar_one()
+        result = await self._conn.execute(
+            _insert,
+            {
+                "ledger_id": transfer.ledger_id,
+                "id": transfer.id,
+                "status": transfer.status.value,
+                "description": transfer.description,
+                "metadata": dump_json(transfer.metadata),
+                "reversed_amount": transfer.reversed_amount,
+                "expires_at": maybe_to_micros(transfer.expires_at),
+                "request_hash": transfer.request_hash,
+                "created_at": to_micros(transfer.created_at),
+                "posted_at": maybe_to_micros(transfer.posted_at),
+            },
+        )
+        pk: int = result.scalar_one()
         await self._conn.execute(
-            insert(_l),
+            _insert_legs,
             [
                 {
                     "transfer_pk": pk,
@@ -87,12 +98,7 @@ class SqlTransferRepository(SqlRepository):
         return replace(transfer, pk=pk)
 
     async def get(self, ledger_id: str, transfer_id: str) -> Transfer | None:
-        query = select(*_columns).outerjoin(_reversed, _reversed.c.pk == _t.c.reverses_pk)
-        row = (
-            await self._conn.execute(
-                query.where(_t.c.ledger_id == ledger_id, _t.c.id == transfer_id)
-            )
-        ).first()
+        row = (await self._conn.execute(_by_id, {"ledger_id": ledger_id, "id": transfer_id})).first()
         if row is None:
             return None
         legs = await self._legs([row.pk])
@@ -107,7 +113,7 @@ class SqlTransferRepository(SqlRepository):
         before: int | None,
         limit: int,
     ) -> Page[Transfer]:
-        query = select(*_columns).outerjoin(_reversed, _reversed.c.pk == _t.c.reverses_pk)
+        query = _with_reversed
         if account_pk is not None:
             # Served by ix_transfer_legs_account_pk_transfer_pk, newest first.
             query = query.join(_l, _l.c.transfer_pk == _t.c.pk).where(_l.c.account_pk == account_pk)
@@ -124,15 +130,10 @@ class SqlTransferRepository(SqlRepository):
         return page_of(rows, limit, lambda row: _transfer(row, legs[row.pk]), lambda row: row.pk)
 
     async def _legs(self, transfer_pks: Sequence[int]) -> dict[int, tuple[Leg, ...]]:
-        found: defaultdict[int, list[Leg]] = defaultdict(list)
         if not transfer_pks:
             return {}
-        rows = await self._conn.execute(
-            select(_l.c.transfer_pk, _a.c.id, _l.c.direction, _l.c.amount, _a.c.currency)
-            .join(_a, _a.c.pk == _l.c.account_pk)
-            .where(_l.c.transfer_pk.in_(list(transfer_pks)))
-            .order_by(_l.c.transfer_pk, _l.c.position)
-        )
-        for transfer_pk, account_id, direction, amount, currency in rows:
-            found[transfer_pk].append(Leg(account_id, Direction(direction), amount, currency))
+        found: defaultdict[int, list[Leg]] = defaultdict(list)
+        rows = await self._conn.execute(_legs_of, {"pks": list(transfer_pks)})
+        for row in rows:
+            found[row.transfer_pk].append(Leg(row.id, Direction(row.direction), row.amount, row.currency))
         return {pk: tuple(legs) for pk, legs in found.items()}

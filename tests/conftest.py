@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support import LedgerKeys, Server, asgi_client, new_ledger, start_server, settings_for
+
+
+@pytest.fixture
+async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of a fresh Tally app (ASGI, in process) on its own SQLite file."""
+    async with asgi_client(settings_for(tmp_path)) as c:
+        yield c
+
+
+@pytest.fixture
+async def ledger(client: httpx.AsyncClient) -> LedgerKeys:
+    return await new_ledger(client)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    """A real ``tally serve`` process on loopback, on its own SQLite file."""
+    running = start_server(tmp_path)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+async def server_client(server: Server) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as c:
+        yield c

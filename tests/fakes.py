@@ -1,0 +1,382 @@
+"""In-memory implementations of ``tally.services.ports`` for unit tests: dicts and lists, no SQL.
+
+A write transaction works on a deep copy of the committed state and replaces it only when its
+``async with`` block ends cleanly, so an exception rolls every repository back at once. Writes are
+serialised by one ``asyncio.Lock``, like the SQL adapter's writer. Time comes from an injected clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, TypeVar
+
+from tally.domain.accounts import Account, AccountStatus, Balance
+from tally.domain.keys import ApiKey, Ledger
+from tally.domain.transfers import Transfer, TransferStatus
+from tally.services.ports import (
+    AccountRepository,
+    ApiKeyRepository,
+    BalanceAt,
+    Entry,
+    EntryRepository,
+    EventRepository,
+    IdempotencyRecord,
+    IdempotencyRepository,
+    InstanceRepository,
+    LedgerRepository,
+    NewEntry,
+    NewEvent,
+    Page,
+    TransferRepository,
+)
+
+if TYPE_CHECKING:
+    from tally.services.ports import Database, Transaction
+
+T = TypeVar("T")
+Clock = Callable[[], datetime]
+ONE_MICROSECOND = timedelta(microseconds=1)
+
+
+class FakeClock:
+    """A clock that stands still until a test moves it."""
+
+    def __init__(self, start: datetime = datetime(2026, 1, 1, tzinfo=UTC)) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> datetime:
+        self.now += timedelta(**delta)
+        return self.now
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    position: int
+    event: NewEvent
+    created_at: datetime
+
+
+@dataclass
+class State:
+    """Everything the fake database holds; rows are keyed by their surrogate ``pk``."""
+
+    next_pk: int = 1
+    last_write_at: datetime | None = None
+    ledgers: dict[str, Ledger] = field(default_factory=dict)
+    keys: dict[int, ApiKey] = field(default_factory=dict)
+    accounts: dict[int, Account] = field(default_factory=dict)
+    transfers: dict[int, Transfer] = field(default_factory=dict)
+    transfer_accounts: dict[int, set[int]] = field(default_factory=dict)
+    entries: list[Entry] = field(default_factory=list)
+    idempotency: dict[tuple[str, str], IdempotencyRecord] = field(default_factory=dict)
+    events: list[StoredEvent] = field(default_factory=list)
+    instance: dict[str, bytes] = field(default_factory=dict)
+
+    def take_pk(self) -> int:
+        pk = self.next_pk
+        self.next_pk += 1
+        return pk
+
+
+def _page(items: Iterable[T], limit: int, position: Callable[[T], int]) -> Page[T]:
+    rows = list(items)
+    kept = rows[:limit]
+    return Page(kept, position(kept[-1]) if len(rows) > limit else None)
+
+
+class _Repository:
+    def __init__(self, tx: FakeTransaction) -> None:
+        self._tx = tx
+
+    @property
+    def _state(self) -> State:
+        return self._tx.state
+
+    def _written(self) -> None:
+        self._tx.mark_written()
+
+
+class FakeLedgerRepository(_Repository):
+    async def add(self, ledger: Ledger) -> None:
+        self._written()
+        self._state.ledgers[ledger.id] = ledger
+
+    async def get(self, ledger_id: str) -> Ledger | None:
+        return self._state.ledgers.get(ledger_id)
+
+
+class FakeApiKeyRepository(_Repository):
+    async def add(self, key: ApiKey) -> None:
+        self._written()
+        self._state.keys[self._state.take_pk()] = key
+
+    async def by_hash(self, secret_hash: bytes) -> ApiKey | None:
+        return next((k for k in self._state.keys.values() if k.secret_hash == secret_hash), None)
+
+    async def get(self, ledger_id: str, key_id: str) -> ApiKey | None:
+        found = (k for k in self._state.keys.values() if k.ledger_id == ledger_id and k.id == key_id)
+        return next(found, None)
+
+    async def list(self, ledger_id: str, *, after: int | None, limit: int) -> Page[ApiKey]:
+        rows = sorted((pk, k) for pk, k in self._state.keys.items() if k.ledger_id == ledger_id)
+        rows = [(pk, k) for pk, k in rows if after is None or pk > after]
+        page = _page(rows, limit, lambda row: row[0])
+        return Page([k for _, k in page.items], page.next_after)
+
+    def _update(self, ledger_id: str | None, key_id: str, change: Callable[[ApiKey], ApiKey]) -> None:
+        self._written()
+        for pk, key in self._state.keys.items():
+            if key.id == key_id and ledger_id in (None, key.ledger_id):
+                self._state.keys[pk] = change(key)
+
+    async def revoke(self, ledger_id: str, key_id: str, at: datetime) -> None:
+        self._update(ledger_id, key_id, lambda key: replace(key, revoked_at=at))
+
+    async def touch(self, key_id: str, at: datetime) -> None:
+        self._update(None, key_id, lambda key: replace(key, last_used_at=at))
+
+
+class FakeAccountRepository(_Repository):
+    async def add(self, account: Account) -> Account:
+        if await self.get(account.ledger_id, account.id) is not None:
+            raise ValueError(f"duplicate account id {account.id}")  # the SQL unique constraint
+        self._written()
+        stored = replace(account, pk=self._state.take_pk())
+        self._state.accounts[stored.pk] = stored
+        return stored
+
+    async def get(self, ledger_id: str, account_id: str) -> Account | None:
+        found = (a for a in self._state.accounts.values() if (a.ledger_id, a.id) == (ledger_id, account_id))
+        return next(found, None)
+
+    async def lock(self, ledger_id: str, account_ids: Sequence[str]) -> dict[str, Account]:
+        wanted = set(account_ids)
+        return {
+            a.id: a
+            for _, a in sorted(self._state.accounts.items())
+            if a.ledger_id == ledger_id and a.id in wanted
+        }
+
+    async def save_balances(self, accounts: Sequence[Account], at: datetime) -> None:
+        self._written()
+        for account in sorted(accounts, key=lambda a: a.pk):
+            stored = self._state.accounts[account.pk]
+            self._state.accounts[account.pk] = replace(
+                stored, balance=account.balance, version=account.version, updated_at=at
+            )
+
+    async def save(self, account: Account) -> None:
+        self._written()
+        stored = self._state.accounts[account.pk]
+        self._state.accounts[account.pk] = replace(
+            stored,
+            name=account.name,
+            metadata=account.metadata,
+            status=account.status,
+            bounds=account.bounds,
+            updated_at=account.updated_at,
+        )
+
+    async def list(
+        self,
+        ledger_id: str,
+        *,
+        currency: str | None,
+        status: AccountStatus | None,
+        after: int | None,
+        limit: int,
+    ) -> Page[Account]:
+        rows = (
+            a
+            for _, a in sorted(self._state.accounts.items())
+            if a.ledger_id == ledger_id
+            and currency in (None, a.currency)
+            and status in (None, a.status)
+            and (after is None or a.pk > after)
+        )
+        return _page(rows, limit, lambda a: a.pk)
+
+
+class FakeTransferRepository(_Repository):
+    async def add(self, transfer: Transfer, account_pks: dict[str, int]) -> Transfer:
+        if await self.get(transfer.ledger_id, transfer.id) is not None:
+            raise ValueError(f"duplicate transfer id {transfer.id}")
+        self._written()
+        stored = replace(transfer, pk=self._state.take_pk())
+        self._state.transfers[stored.pk] = stored
+        self._state.transfer_accounts[stored.pk] = {account_pks[leg.account_id] for leg in transfer.legs}
+        return stored
+
+    async def get(self, ledger_id: str, transfer_id: str) -> Transfer | None:
+        found = (t for t in self._state.transfers.values() if (t.ledger_id, t.id) == (ledger_id, transfer_id))
+        return next(found, None)
+
+    async def list(
+        self,
+        ledger_id: str,
+        *,
+        account_pk: int | None,
+        status: TransferStatus | None,
+        before: int | None,
+        limit: int,
+    ) -> Page[Transfer]:
+        rows = (
+            t
+            for pk, t in sorted(self._state.transfers.items(), reverse=True)
+            if t.ledger_id == ledger_id
+            and (account_pk is None or account_pk in self._state.transfer_accounts[pk])
+            and status in (None, t.status)
+            and (before is None or pk < before)
+        )
+        return _page(rows, limit, lambda t: t.pk)
+
+
+class FakeEntryRepository(_Repository):
+    async def add(self, transfer_pk: int, entries: Sequence[NewEntry], at: datetime) -> None:
+        self._written()
+        transfer_id = self._state.transfers[transfer_pk].id
+        for new in entries:
+            after = new.balance_after
+            self._state.entries.append(
+                Entry(
+                    pk=self._state.take_pk(),
+                    account_pk=new.account_pk,
+                    transfer_id=transfer_id,
+                    direction=new.direction,
+                    amount=new.amount,
+                    posted_after=after.posted,
+                    pending_debits_after=after.pending_debits,
+                    pending_credits_after=after.pending_credits,
+                    account_version=new.account_version,
+                    created_at=at,
+                )
+            )
+
+    async def list(self, account_pk: int, *, before: int | None, limit: int) -> Page[Entry]:
+        rows = (
+            e
+            for e in reversed(self._state.entries)
+            if e.account_pk == account_pk and (before is None or e.pk < before)
+        )
+        return _page(rows, limit, lambda e: e.pk)
+
+    async def balance_at(self, account_pk: int, at: datetime) -> BalanceAt | None:
+        found = [e for e in self._state.entries if e.account_pk == account_pk and e.created_at <= at]
+        if not found:
+            return None
+        last = max(found, key=lambda e: (e.created_at, e.pk))
+        balance = Balance(last.posted_after, last.pending_debits_after, last.pending_credits_after)
+        return BalanceAt(balance, last.account_version)
+
+
+class FakeIdempotencyRepository(_Repository):
+    async def get(self, ledger_id: str, key: str) -> IdempotencyRecord | None:
+        return self._state.idempotency.get((ledger_id, key))
+
+    async def add(self, record: IdempotencyRecord, *, keep_until: datetime) -> None:
+        slot = (record.ledger_id, record.key)
+        if slot in self._state.idempotency:
+            raise ValueError(f"duplicate idempotency key {slot}")  # the SQL primary key
+        self._written()
+        self._state.idempotency[slot] = record
+
+
+class FakeEventRepository(_Repository):
+    async def add(self, event: NewEvent, at: datetime) -> int:
+        self._written()
+        position = self._state.take_pk()
+        self._state.events.append(StoredEvent(position, copy.deepcopy(event), at))
+        return position
+
+
+class FakeInstanceRepository(_Repository):
+    async def get(self, name: str) -> bytes | None:
+        return self._state.instance.get(name)
+
+    async def put_if_absent(self, name: str, value: bytes) -> bytes:
+        if name not in self._state.instance:
+            self._written()
+            self._state.instance[name] = value
+        return self._state.instance[name]
+
+
+class FakeTransaction:
+    """Implements ``services.ports.Transaction`` over one private copy of the state."""
+
+    def __init__(self, state: State, clock: Clock, *, read_only: bool) -> None:
+        self.state = state
+        self._clock = clock
+        self._read_only = read_only
+        self._at: datetime | None = None
+        self._wrote = False
+        self.ledgers: LedgerRepository = FakeLedgerRepository(self)
+        self.keys: ApiKeyRepository = FakeApiKeyRepository(self)
+        self.accounts: AccountRepository = FakeAccountRepository(self)
+        self.transfers: TransferRepository = FakeTransferRepository(self)
+        self.entries: EntryRepository = FakeEntryRepository(self)
+        self.idempotency: IdempotencyRepository = FakeIdempotencyRepository(self)
+        self.events: EventRepository = FakeEventRepository(self)
+        self.instance: InstanceRepository = FakeInstanceRepository(self)
+
+    @property
+    def wrote(self) -> bool:
+        return self._wrote
+
+    def mark_written(self) -> None:
+        if self._read_only:
+            raise RuntimeError("a read transaction tried to write")
+        self._wrote = True
+
+    async def now(self) -> datetime:
+        # Fixed for the transaction and never behind an earlier commit (the port's contract).
+        if self._at is None:
+            last = self.state.last_write_at
+            self._at = self._clock()
+            if last is not None and self._at <= last:
+                self._at = last + ONE_MICROSECOND if not self._read_only else last
+        return self._at
+
+
+class FakeDatabase:
+    """Implements ``services.ports.Database``; ``state`` is the committed state, for assertions."""
+
+    def __init__(self, clock: Clock | None = None) -> None:
+        self.clock: Clock = clock or FakeClock()
+        self.state = State()
+        self.commits = 0
+        self._write_lock = asyncio.Lock()
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[FakeTransaction]:
+        async with self._write_lock:
+            tx = FakeTransaction(copy.deepcopy(self.state), self.clock, read_only=False)
+            yield tx
+            # Reached only when the block ended cleanly: commit by swapping in the working copy.
+            if tx.wrote:
+                tx.state.last_write_at = await tx.now()
+            self.state = tx.state
+            self.commits += 1
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[FakeTransaction]:
+        yield FakeTransaction(copy.deepcopy(self.state), self.clock, read_only=True)
+
+    def position(self) -> str:
+        return str(self.state.events[-1].position if self.state.events else 0)
+
+
+if TYPE_CHECKING:
+    # mypy --strict proves the fakes satisfy the ports they stand in for.
+    def _is_a_database(database: FakeDatabase) -> Database:
+        return database
+
+    def _is_a_transaction(tx: FakeTransaction) -> Transaction:
+        return tx

@@ -1,0 +1,124 @@
+"""Every access pattern is served by an index (docs/data-model.md).
+
+A workload drives every route of the API, including filters, cursors and ``as_of``; every SQL
+statement the store sends is captured with its parameters and run through SQLite's
+``EXPLAIN QUERY PLAN``. A plan step that scans a whole table fails the test, so a new query without
+an index fails here without anyone listing it first.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from sqlalchemy import event
+
+from tally.api.app import create_app
+from tally.bootstrap import Tally
+from tests.support import ROOT, idem, new_ledger, open_account, settings_for, transfer
+
+
+def _full_scans(plan: list[tuple[Any, ...]]) -> list[str]:
+    details = [str(row[3]) for row in plan]
+    return [d for d in details if d.startswith("SCAN ") and "USING" not in d]
+
+
+async def _workload(client: httpx.AsyncClient) -> None:
+    ledger = await new_ledger(client)
+    other = await new_ledger(client, "other")
+    world = await open_account(client, ledger.write, normal_balance="debit", min_balance=None)
+    names = [(await open_account(client, ledger.write, id=f"acct-{i}"))["id"] for i in range(3)]
+    await open_account(client, other.write, id="acct-0")
+    for i in range(6):
+        await transfer(client, ledger.write, world["id"], names[i % 3], 100 + i)
+    legs = [
+        {"account_id": names[0], "direction": "debit", "amount": 10},
+        {"account_id": names[1], "direction": "credit", "amount": 5},
+        {"account_id": names[2], "direction": "credit", "amount": 5},
+    ]
+    await client.post("/v1/transfers", json={"legs": legs}, headers={**ledger.write, **idem()})
+    replay = {**ledger.write, **idem("again")}
+    body = {"debit_account_id": names[0], "credit_account_id": names[1], "amount": 1}
+    for _ in range(2):
+        await client.post("/v1/transfers", json=body, headers=replay)
+    await transfer(client, ledger.write, names[0], names[1], 10**9)  # insufficient funds
+    await client.post("/v1/transfers", json={**body, "id": "t-1"}, headers={**ledger.write, **idem()})
+    await client.post("/v1/transfers", json={**body, "id": "t-1"}, headers={**ledger.write, **idem()})
+    await client.patch(f"/v1/accounts/{names[2]}", json={"metadata": {"a": 1}}, headers=ledger.write)
+    await client.patch(f"/v1/accounts/{names[2]}", json={"status": "frozen"}, headers=ledger.write)
+    first = (await client.get("/v1/transfers?limit=1", headers=ledger.read)).json()
+    reads = [
+        f"/v1/accounts/{names[0]}",
+        "/v1/accounts?limit=2",
+        "/v1/accounts?currency=USD&limit=2",
+        "/v1/accounts?status=frozen",
+        "/v1/accounts?currency=USD&status=open",
+        f"/v1/accounts/{names[0]}/balance",
+        f"/v1/accounts/{names[0]}/balance?as_of={first['data'][0]['created_at']}",
+        f"/v1/accounts/{names[0]}/entries?limit=2",
+        f"/v1/transfers?cursor={first['next_cursor']}",
+        f"/v1/transfers?account_id={names[0]}&limit=2",
+        "/v1/transfers?status=posted",
+        f"/v1/transfers/{first['data'][0]['id']}",
+    ]
+    for path in reads:
+        response = await client.get(path, headers=ledger.read)
+        assert response.status_code == 200, (path, response.text)
+        cursor = response.json().get("next_cursor")
+        if cursor:
+            sep = "&" if "?" in path else "?"
+            assert (await client.get(f"{path}{sep}cursor={cursor}", headers=ledger.read)).is_success
+    keys = await client.get(f"/v1/ledgers/{ledger.ledger_id}/keys", headers=ledger.admin)
+    key_id = keys.json()["data"][-1]["id"]
+    assert (
+        await client.delete(f"/v1/ledgers/{ledger.ledger_id}/keys/{key_id}", headers=ROOT)
+    ).status_code == 204
+
+
+async def test_every_query_of_the_api_is_served_by_an_index(tmp_path: Path) -> None:
+    tally = Tally(settings_for(tmp_path))
+    seen: dict[str, Any] = {}
+
+    def capture(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        verb = statement.lstrip().split(None, 1)[0].upper()
+        if verb in {"SELECT", "UPDATE", "DELETE", "INSERT"}:
+            seen.setdefault(statement, parameters)
+
+    for engine in tally.database.engines:
+        event.listen(engine, "before_cursor_execute", capture)
+    app = create_app(tally)
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://tally") as client:
+            await _workload(client)
+
+    assert len(seen) >= 15, "the workload should reach every repository query"
+    connection = sqlite3.connect(tmp_path / "tally.db")
+    try:
+        failures = {}
+        for statement, parameters in seen.items():
+            params = parameters[0] if isinstance(parameters, list) else parameters
+            plan = connection.execute(f"EXPLAIN QUERY PLAN {statement}", params).fetchall()
+            if scans := _full_scans(plan):
+                failures[statement] = scans
+    finally:
+        connection.close()
+    assert not failures, failures
+
+
+@pytest.mark.parametrize(
+    ("plan", "scans"),
+    [
+        ([(2, 0, 0, "SCAN accounts")], ["SCAN accounts"]),
+        ([(2, 0, 0, "SEARCH accounts USING INDEX ix (ledger_id=?)")], []),
+        ([(2, 0, 0, "SCAN accounts USING COVERING INDEX ix")], []),
+    ],
+)
+def test_a_plan_step_without_an_index_counts_as_a_full_scan(
+    plan: list[tuple[Any, ...]], scans: list[str]
+) -> None:
+    assert _full_scans(plan) == scans

@@ -1,0 +1,511 @@
+"""Random sequences of ledger operations, through the service layer, on a real SQLite file.
+
+The invariants, in plain words, checked against the database file after every step:
+
+1. Money is neither made nor lost: in every currency, the posted entries add up to zero
+   (a debit counts +amount, a credit -amount).
+2. Every account's stored ``posted`` balance is the sum of its entries, seen from its normal side.
+3. Bounds hold: ``available >= min_balance`` when a minimum is set, and
+   ``posted + pending inflows <= max_balance`` when a maximum is set.
+4. An account's ``version`` is the number of entries it has: one per posting, none for edits.
+5. Every committed change left exactly one event in the outbox.
+6. The database agrees with a model in plain Python: the same accounts, statuses, bounds and
+   balances, the same outcome (created or which rejection) for every request.
+7. A replay (same idempotency key, same body) returns the identical reply and changes nothing;
+   the same key with another body is refused and changes nothing.
+8. The balance as of a past moment is the balance after the last posting at or before it.
+
+Requests are driven exactly as the API routes drive them: body rules first (``check``), then
+``IdempotentExecutor.run`` with an action calling the use case and a renderer of the reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import sqlite3
+import tempfile
+from collections.abc import Awaitable, Callable
+from contextlib import closing
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+import pytest
+from hypothesis import event, settings
+from hypothesis import strategies as st
+from hypothesis.database import DirectoryBasedExampleDatabase
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, precondition, rule
+
+from tally.domain.accounts import AccountStatus, Bounds, Direction, NormalBalance
+from tally.domain.errors import IdempotencyKeyReused, Rejection, RequestError
+from tally.domain.keys import Ledger
+from tally.domain.money import INT64_MAX, INT64_MIN
+from tally.domain.transfers import LegRequest, TransferRequest
+from tally.services.accounts import ChangeAccount, OpenAccount, balance_as_of, change_account, open_account
+from tally.services.idempotency import Action, IdempotencyKey, IdempotentExecutor, Outcome
+from tally.services.ports import StoredReply, Transaction
+from tally.services.transfers import create_transfer
+from tally.services.views import account_view, transfer_view
+from tally.store.codec import from_micros, to_micros
+from tally.store.sqlite import open_database
+
+T = TypeVar("T")
+ROOT = Path(__file__).resolve().parents[2]
+LEDGER = "led_model"
+CURRENCIES = ("USD", "EUR")
+START = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z in microseconds
+CONFLICTS = {"IdConflict", "AccountNotEmpty", "AccountClosed"}  # 409; other rejections are 422
+
+
+def digest(*parts: bytes) -> bytes:
+    return hashlib.sha256(b"\n".join(parts)).digest()
+
+
+def canonical(body: dict[str, Any]) -> bytes:
+    return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+
+
+def render(status: int, data: Any) -> StoredReply:
+    return StoredReply(status, orjson.dumps(data))
+
+
+def reject(rejection: Rejection) -> StoredReply:
+    code = type(rejection).__name__
+    return render(409 if code in CONFLICTS else 422, {"code": code, "detail": rejection.detail})
+
+
+def code_of(reply: StoredReply) -> str | None:
+    return orjson.loads(reply.body).get("code") if reply.status >= 400 else None
+
+
+@dataclass
+class ModelAccount:
+    currency: str
+    side: NormalBalance
+    min_balance: int | None
+    max_balance: int | None
+    status: AccountStatus = AccountStatus.OPEN
+    posted: int = 0
+    version: int = 0
+    history: list[tuple[int, int, int]] = field(default_factory=list)  # (micros, posted, version)
+
+    @staticmethod
+    def breaks(low: int | None, high: int | None, posted: int) -> bool:
+        """Whether ``posted`` (nothing is ever pending here) breaks the bounds ``low``..``high``."""
+        return (low is not None and posted < low) or (high is not None and posted > high)
+
+
+@dataclass(frozen=True)
+class Sent:
+    """A request whose outcome was stored under its idempotency key."""
+
+    key: IdempotencyKey
+    action: Action
+    reply: StoredReply
+
+
+Leg = tuple[str, Direction, int]
+accounts_or_ghost = st.one_of(Bundle("accounts"), st.just("ghost"))
+amounts = st.one_of(st.integers(1, 1500), st.sampled_from([INT64_MAX, INT64_MAX // 2 + 1]))
+minimums = st.one_of(st.none(), st.just(0), st.integers(-1000, -1))
+maximums = st.one_of(st.none(), st.integers(0, 3000))
+
+
+class LedgerMachine(RuleBasedStateMachine):
+    accounts = Bundle("accounts")
+    requests = Bundle("requests")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.directory = tempfile.TemporaryDirectory(prefix="tally-model-")
+        self.path = Path(self.directory.name) / "tally.db"
+        self.loop = asyncio.new_event_loop()
+        self.micros = START
+        self.db = open_database(f"sqlite:///{self.path}", clock=lambda: self.micros, synchronous="NORMAL")
+        self.executor = IdempotentExecutor(self.db)
+        self.model: dict[str, ModelAccount] = {}
+        self.sent: list[Sent] = []
+        self.entries_seen: list[tuple[Any, ...]] = []
+        self.events = 0
+        self.counter = 0
+        self.run(self.db.start())
+        self.run(self._create_ledger())
+
+    async def _create_ledger(self) -> None:
+        async with self.db.write() as tx:
+            await tx.ledgers.add(Ledger(LEDGER, "model", await tx.now()))
+
+    def run(self, work: Awaitable[T]) -> T:
+        return self.loop.run_until_complete(work)
+
+    def teardown(self) -> None:
+        try:
+            self.run(self.db.stop())
+            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+            self.loop.run_until_complete(self.loop.shutdown_default_executor())
+        finally:
+            self.loop.close()
+            self.directory.cleanup()
+
+    def query(self, sql: str) -> list[tuple[Any, ...]]:
+        with closing(sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)) as conn:
+            return conn.execute(sql).fetchall()
+
+    def snapshot(self) -> list[list[tuple[Any, ...]]]:
+        tables = [row[0] for row in self.query("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        return [self.query(f"SELECT * FROM {name} ORDER BY 1, 2") for name in sorted(tables)]  # noqa: S608
+
+    def next_key(self, method: str, path: str, body: dict[str, Any]) -> IdempotencyKey:
+        self.counter += 1
+        return IdempotencyKey(f"key-{self.counter}", digest(f"{method} {path}".encode(), canonical(body)))
+
+    def execute(self, key: IdempotencyKey, action: Action) -> Outcome:
+        return self.run(self.executor.run(LEDGER, key, action, reject))
+
+    def attempt(
+        self, key: IdempotencyKey, action: Action, check: Callable[[], None] = lambda: None
+    ) -> Outcome | str:
+        """Run as a route does: the body's own rules (``check``), then the executor; a refusal by name."""
+        try:
+            check()
+            return self.execute(key, action)
+        except RequestError as refused:
+            return type(refused).__name__
+
+    # -- rules -------------------------------------------------------------------------------
+
+    @rule(
+        target=accounts,
+        currency=st.sampled_from(CURRENCIES),
+        side=st.sampled_from(NormalBalance),
+        min_balance=minimums,
+        max_balance=maximums,
+    )
+    def open_account(
+        self, currency: str, side: NormalBalance, min_balance: int | None, max_balance: int | None
+    ) -> str:
+        account_id = f"acct-{self.counter}"
+        body: dict[str, Any] = {"id": account_id, "currency": currency, "normal_balance": side.value}
+        body |= {"min_balance": min_balance, "max_balance": max_balance}
+        command = OpenAccount(
+            currency, account_id, normal_balance=side, bounds=Bounds(min_balance, max_balance)
+        )
+        key = self.next_key("POST", "/v1/accounts", body)
+
+        async def action(tx: Transaction) -> StoredReply:
+            account, created = await open_account(
+                tx, LEDGER, command, request_hash=digest(canonical(body)), request_id=key.key
+            )
+            return render(201 if created else 200, account_view(account))
+
+        outcome = self.execute(key, action)
+        assert (outcome.reply.status, outcome.replayed) == (201, False), outcome
+        self.sent.append(Sent(key, action, outcome.reply))
+        self.model[account_id] = ModelAccount(currency, side, min_balance, max_balance)
+        self.events += 1
+        return account_id
+
+    @precondition(lambda self: self.model)
+    @rule(
+        debit=accounts_or_ghost,
+        credit=accounts_or_ghost,
+        amount=amounts,
+        currency=st.one_of(st.none(), st.sampled_from(CURRENCIES)),
+    )
+    def transfer(self, debit: str, credit: str, amount: int, currency: str | None) -> None:
+        body = {
+            "debit_account_id": debit,
+            "credit_account_id": credit,
+            "amount": amount,
+            "currency": currency,
+        }
+        legs = [(debit, Direction.DEBIT, amount), (credit, Direction.CREDIT, amount)]
+        self.send_transfer(body, legs, currency=currency, simple=True)
+
+    @precondition(lambda self: self.model)
+    @rule(
+        head=st.lists(
+            st.tuples(accounts_or_ghost, st.sampled_from(Direction), amounts), min_size=1, max_size=3
+        ),
+        last=st.tuples(accounts_or_ghost, st.sampled_from(Direction), amounts),
+    )
+    def transfer_multi_leg(self, head: list[Leg], last: Leg) -> None:
+        # The last leg balances the others when it can; when they already balance, it unbalances them.
+        net = sum(amount if direction is Direction.DEBIT else -amount for _, direction, amount in head)
+        if net != 0:
+            last = (last[0], Direction.CREDIT if net > 0 else Direction.DEBIT, min(abs(net), INT64_MAX))
+        legs = [*head, last]
+        body = {"legs": [{"account_id": a, "direction": d.value, "amount": n} for a, d, n in legs]}
+        self.send_transfer(body, legs, currency=None, simple=False)
+
+    @precondition(lambda self: self.sent)
+    @rule(data=st.data())
+    def replay_a_request(self, data: st.DataObject) -> None:
+        sent = data.draw(st.sampled_from(self.sent))
+        before = self.snapshot()
+        outcome = self.execute(sent.key, sent.action)
+        assert outcome.replayed
+        assert outcome.reply == sent.reply
+        assert self.snapshot() == before
+
+    @precondition(lambda self: self.sent)
+    @rule(data=st.data())
+    def reuse_a_key_with_another_body(self, data: st.DataObject) -> None:
+        sent = data.draw(st.sampled_from(self.sent))
+        other = IdempotencyKey(sent.key.key, digest(sent.key.fingerprint, b"another body"))
+
+        async def intrude(tx: Transaction) -> StoredReply:
+            account, _ = await open_account(
+                tx, LEDGER, OpenAccount("USD", "intruder"), request_hash=b"x", request_id=None
+            )
+            return render(201, account_view(account))
+
+        before = self.snapshot()
+        with pytest.raises(IdempotencyKeyReused):
+            self.execute(other, intrude)
+        assert self.snapshot() == before
+
+    @rule(account_id=accounts, status=st.sampled_from(AccountStatus))
+    def change_status(self, account_id: str, status: AccountStatus) -> None:
+        account = self.model[account_id]
+        expected: str | None = None
+        if account.status is AccountStatus.CLOSED:
+            expected = "AccountClosed"
+        elif status is AccountStatus.CLOSED and account.posted != 0:
+            expected = "AccountNotEmpty"
+        accepted = self.send_change(
+            account_id, {"status": status.value}, ChangeAccount(status=status), expected
+        )
+        if accepted and status is not account.status:
+            account.status = status
+            self.events += 1
+
+    @rule(
+        account_id=accounts,
+        min_balance=st.one_of(minimums, st.integers(1, 300)),
+        max_balance=maximums,
+        which=st.sampled_from(["min_balance", "max_balance", "both"]),
+    )
+    def change_bounds(
+        self, account_id: str, min_balance: int | None, max_balance: int | None, which: str
+    ) -> None:
+        account = self.model[account_id]
+        sets_min, sets_max = which != "max_balance", which != "min_balance"
+        low = min_balance if sets_min else account.min_balance
+        high = max_balance if sets_max else account.max_balance
+        body = {
+            k: v
+            for k, v in (("min_balance", min_balance), ("max_balance", max_balance))
+            if which in (k, "both")
+        }
+        command = ChangeAccount(
+            min_balance=min_balance if sets_min else None,
+            max_balance=max_balance if sets_max else None,
+            sets_min_balance=sets_min,
+            sets_max_balance=sets_max,
+        )
+        expected: str | None = None
+        if low is not None and high is not None and low > high:
+            expected = "ValidationFailed"
+        elif account.status is AccountStatus.CLOSED:
+            expected = "AccountClosed"
+        elif account.breaks(low, high, account.posted):
+            expected = "InsufficientFunds"
+        accepted = self.send_change(account_id, body, command, expected)
+        if accepted and (low, high) != (account.min_balance, account.max_balance):
+            account.min_balance, account.max_balance = low, high
+            self.events += 1
+
+    @rule(micros=st.integers(0, 3_600_000_000))
+    def advance_the_clock(self, micros: int) -> None:
+        self.micros += micros
+
+    @precondition(lambda self: any(a.history for a in self.model.values()))
+    @rule(data=st.data(), offset=st.integers(-1, 1))
+    def read_the_balance_as_of_a_past_moment(self, data: st.DataObject, offset: int) -> None:
+        account_id = data.draw(st.sampled_from(sorted(i for i, a in self.model.items() if a.history)))
+        history = self.model[account_id].history
+        # Moments before the database clock only; test_the_balance_as_of_... pins the others.
+        at = min(data.draw(st.sampled_from(history))[0] + offset, self.micros - 1)
+        expected = next(((p, v) for m, p, v in reversed(history) if m <= at), (0, 0))
+        found = self.run(balance_as_of(self.db, LEDGER, account_id, from_micros(at)))
+        assert (found.balance.posted, found.version) == expected
+
+    # -- sending requests and predicting their outcome ------------------------------------------
+
+    def send_transfer(
+        self, body: dict[str, Any], legs: list[Leg], *, currency: str | None, simple: bool
+    ) -> None:
+        request = TransferRequest(tuple(LegRequest(*leg) for leg in legs), currency=currency, simple=simple)
+        expected = self.predict(legs, currency=currency, simple=simple)
+        event(f"{'simple' if simple else 'multi-leg'} transfer: {expected or 'posted'}")
+        key = self.next_key("POST", "/v1/transfers", body)
+
+        async def action(tx: Transaction) -> StoredReply:
+            transfer, created = await create_transfer(
+                tx, LEDGER, request, request_hash=digest(canonical(body)), request_id=key.key
+            )
+            return render(201 if created else 200, transfer_view(transfer))
+
+        outcome = self.attempt(key, action, request.check)
+        if isinstance(outcome, str):
+            assert outcome == expected
+            return
+        assert code_of(outcome.reply) == expected, (outcome.reply, expected)
+        self.sent.append(Sent(key, action, outcome.reply))
+        if expected is None:
+            at = to_micros(datetime.fromisoformat(orjson.loads(outcome.reply.body)["created_at"]))
+            for account_id, direction, amount in legs:
+                account = self.model[account_id]
+                account.posted += amount if direction.value == account.side.value else -amount
+                account.version += 1
+                account.history.append((at, account.posted, account.version))
+            self.events += 1
+
+    def predict(self, legs: list[Leg], *, currency: str | None, simple: bool) -> str | None:
+        """The rejection the rules give, by name, or ``None`` when the transfer posts."""
+        ids = [account_id for account_id, _, _ in legs]
+        if len(set(ids)) < len(ids):
+            return "SameAccount" if simple else "ValidationFailed"
+        if sum(n if d is Direction.DEBIT else -n for _, d, n in legs) != 0:
+            return "UnbalancedTransfer"
+        if any(account_id not in self.model for account_id in ids):
+            return "AccountNotFound"
+        accounts = [self.model[account_id] for account_id in ids]
+        if any(account.status is not AccountStatus.OPEN for account in accounts):
+            return "AccountNotOpen"
+        held = {account.currency for account in accounts}
+        if simple and (len(held) > 1 or currency not in (None, *held)):
+            return "CurrencyMismatch"
+        for each in held:
+            if sum(
+                n if d is Direction.DEBIT else -n
+                for (_, d, n), a in zip(legs, accounts, strict=True)
+                if a.currency == each
+            ):
+                return "UnbalancedTransfer"
+        for (_, direction, amount), account in zip(legs, accounts, strict=True):
+            posted = account.posted + (amount if direction.value == account.side.value else -amount)
+            if not INT64_MIN <= posted <= INT64_MAX:
+                return "AmountOverflow"
+            if account.breaks(account.min_balance, account.max_balance, posted):
+                return "InsufficientFunds"
+        return None
+
+    def send_change(
+        self, account_id: str, body: dict[str, Any], command: ChangeAccount, expected: str | None
+    ) -> bool:
+        """Send a PATCH; whether it was accepted (as ``expected`` is ``None``)."""
+        event(f"change: {expected or 'accepted'}")
+        key = self.next_key("PATCH", f"/v1/accounts/{account_id}", body)
+
+        async def action(tx: Transaction) -> StoredReply:
+            account = await change_account(tx, LEDGER, account_id, command, request_id=key.key)
+            return render(200, account_view(account))
+
+        outcome = self.attempt(key, action)
+        if isinstance(outcome, str):
+            assert outcome == expected
+            return False
+        assert code_of(outcome.reply) == expected, (outcome.reply, expected)
+        self.sent.append(Sent(key, action, outcome.reply))
+        return expected is None
+
+    # -- invariants, read from the database file ------------------------------------------------
+
+    @invariant()
+    def every_currency_sums_to_zero_and_entries_are_append_only(self) -> None:
+        rows = self.query(
+            "SELECT e.pk, a.currency, e.direction, e.amount FROM entries e"
+            " JOIN accounts a ON a.pk = e.account_pk ORDER BY e.pk"
+        )
+        totals: dict[str, int] = {}
+        for _, currency, direction, amount in rows:
+            totals[currency] = totals.get(currency, 0) + (amount if direction == "debit" else -amount)
+        assert all(total == 0 for total in totals.values()), totals
+        assert rows[: len(self.entries_seen)] == self.entries_seen
+        self.entries_seen = rows
+
+    @invariant()
+    def every_balance_is_the_sum_of_its_entries_and_its_version_counts_them(self) -> None:
+        entries: dict[int, list[tuple[str, int]]] = {}
+        for account_pk, direction, amount in self.query("SELECT account_pk, direction, amount FROM entries"):
+            entries.setdefault(account_pk, []).append((direction, amount))
+        for pk, side, posted, version in self.query(
+            "SELECT pk, normal_balance, posted, version FROM accounts"
+        ):
+            mine = entries.get(pk, [])
+            assert posted == sum(n if d == side else -n for d, n in mine)
+            assert version == len(mine)
+
+    @invariant()
+    def every_bound_holds(self) -> None:
+        for side, posted, debits, credits, low, high in self.query(
+            "SELECT normal_balance, posted, pending_debits, pending_credits, min_balance, max_balance"
+            " FROM accounts"
+        ):
+            outflows, inflows = (debits, credits) if side == "credit" else (credits, debits)
+            assert low is None or posted - outflows >= low
+            assert high is None or posted + inflows <= high
+
+    @invariant()
+    def the_database_agrees_with_the_model(self) -> None:
+        columns = "id, currency, normal_balance, min_balance, max_balance, status, posted, version"
+        stored = {row[0]: row[1:] for row in self.query(f"SELECT {columns} FROM accounts")}  # noqa: S608
+        assert stored == {
+            account_id: (
+                a.currency,
+                a.side.value,
+                a.min_balance,
+                a.max_balance,
+                a.status.value,
+                a.posted,
+                a.version,
+            )
+            for account_id, a in self.model.items()
+        }
+        assert self.query("SELECT COUNT(*) FROM events") == [(self.events,)]
+
+
+TestLedgerModel = settings(
+    max_examples=25,
+    stateful_step_count=30,
+    deadline=None,
+    database=DirectoryBasedExampleDatabase(ROOT / ".hypothesis" / "examples"),
+)(LedgerMachine).TestCase
+
+
+async def test_the_balance_as_of_a_postings_moment_leaves_out_later_postings(tmp_path: Path) -> None:
+    """The API: "the balance after the last posting at or before ``as_of``".
+
+    Two writes at one clock reading are stamped a microsecond apart (the write clock never goes
+    back), so the first transfer's ``created_at`` lies after the clock's reading. Asking for the
+    balance as of that moment must not include the second transfer.
+    """
+    db = open_database(f"sqlite:///{tmp_path / 'tally.db'}", clock=lambda: START)
+    await db.start()
+    try:
+        async with db.write() as tx:
+            await tx.ledgers.add(Ledger(LEDGER, "model", await tx.now()))
+        for account_id, side in (("world", NormalBalance.DEBIT), ("alice", NormalBalance.CREDIT)):
+            command = OpenAccount("USD", account_id, normal_balance=side, bounds=Bounds(None))
+            async with db.write() as tx:
+                await open_account(tx, LEDGER, command, request_hash=b"h", request_id=None)
+        made = []
+        for debit, credit, amount in (("world", "alice", 100), ("alice", "world", 30)):
+            legs = (LegRequest(debit, Direction.DEBIT, amount), LegRequest(credit, Direction.CREDIT, amount))
+            async with db.write() as tx:
+                made.append(
+                    await create_transfer(
+                        tx, LEDGER, TransferRequest(legs, simple=True), request_hash=b"t", request_id=None
+                    )
+                )
+        first_at = made[0][0].created_at
+        assert made[1][0].created_at > first_at
+        found = await balance_as_of(db, LEDGER, "alice", first_at)
+        assert (found.balance.posted, found.version) == (100, 1)
+    finally:
+        await db.stop()

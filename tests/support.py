@@ -1,0 +1,161 @@
+"""Shared test helpers: a Tally app over ASGI or as a real process, and a small API client."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from asgi_lifespan import LifespanManager
+
+from tally.api.app import create_app
+from tally.bootstrap import Tally
+from tally.config import Settings
+from tally.domain.keys import new_secret
+
+ROOT_KEY = new_secret("root")
+
+
+def sqlite_url(directory: Path) -> str:
+    return f"sqlite:///{directory / 'tally.db'}"
+
+
+def settings_for(directory: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "database_url": sqlite_url(directory),
+        "root_key": ROOT_KEY,
+        "log_format": "json",
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@asynccontextmanager
+async def asgi_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client talking to a fresh app in this process, lifespan included."""
+    app = create_app(Tally(settings))
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://tally") as client:
+            yield client
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+ROOT = bearer(ROOT_KEY)
+
+
+def idem(key: str | None = None) -> dict[str, str]:
+    return {"Idempotency-Key": key or uuid.uuid4().hex}
+
+
+@dataclass
+class LedgerKeys:
+    ledger_id: str
+    admin: dict[str, str]
+    write: dict[str, str]
+    read: dict[str, str]
+
+
+async def new_ledger(client: httpx.AsyncClient, name: str = "test") -> LedgerKeys:
+    """A ledger with an admin, a write and a read key."""
+    response = await client.post("/v1/ledgers", json={"name": name}, headers=ROOT)
+    assert response.status_code == 201, response.text
+    ledger_id = response.json()["id"]
+    keys = {}
+    for scope in ("admin", "write", "read"):
+        created = await client.post(
+            f"/v1/ledgers/{ledger_id}/keys", json={"name": scope, "scopes": [scope]}, headers=ROOT
+        )
+        assert created.status_code == 201, created.text
+        keys[scope] = bearer(created.json()["key"])
+    return LedgerKeys(ledger_id, keys["admin"], keys["write"], keys["read"])
+
+
+async def open_account(
+    client: httpx.AsyncClient, headers: dict[str, str], **body: Any
+) -> dict[str, Any]:
+    body.setdefault("currency", "USD")
+    response = await client.post("/v1/accounts", json=body, headers=headers)
+    assert response.status_code == 201, response.text
+    result: dict[str, Any] = response.json()
+    return result
+
+
+async def transfer(
+    client: httpx.AsyncClient, headers: dict[str, str], debit: str, credit: str, amount: int, **extra: Any
+) -> httpx.Response:
+    body = {"debit_account_id": debit, "credit_account_id": credit, "amount": amount, **extra}
+    return await client.post("/v1/transfers", json=body, headers={**headers, **idem()})
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Server:
+    """A real ``tally serve`` process on loopback."""
+
+    process: subprocess.Popen[bytes]
+    base_url: str
+    log_path: Path
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def log_lines(self) -> list[str]:
+        return self.log_path.read_text().splitlines()
+
+
+def start_server(directory: Path, env: dict[str, str] | None = None) -> Server:
+    port = free_port()
+    log_path = directory / f"server-{port}.log"
+    full_env = {
+        **os.environ,
+        "TALLY_DATABASE_URL": sqlite_url(directory),
+        "TALLY_ROOT_KEY": ROOT_KEY,
+        "TALLY_LOG_FORMAT": "json",
+        **(env or {}),
+    }
+    tally = Path(sys.executable).parent / "tally"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [str(tally), "serve", "--port", str(port)],
+            env=full_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=directory,
+        )
+    server = Server(process, f"http://127.0.0.1:{port}", log_path)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"tally serve exited: {log_path.read_text()}")
+        try:
+            if httpx.get(f"{server.base_url}/healthz", timeout=1).status_code == 200:
+                return server
+        except httpx.TransportError:
+            time.sleep(0.1)
+    server.stop()
+    raise RuntimeError(f"tally serve did not become healthy: {log_path.read_text()}")
