@@ -128,16 +128,20 @@ class Server:
         return self.log_path.read_text().splitlines()
 
 
-def start_server(directory: Path, env: dict[str, str] | None = None) -> Server:
+def start_server(
+    directory: Path, env: dict[str, str] | None = None, *, root_key: str | None = ROOT_KEY
+) -> Server:
+    """Start ``tally serve`` on a free port; stdout and stderr go to a log file in ``directory``."""
     port = free_port()
     log_path = directory / f"server-{port}.log"
     full_env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if not k.startswith("TALLY_")},
         "TALLY_DATABASE_URL": sqlite_url(directory),
-        "TALLY_ROOT_KEY": ROOT_KEY,
         "TALLY_LOG_FORMAT": "json",
         **(env or {}),
     }
+    if root_key is not None:
+        full_env["TALLY_ROOT_KEY"] = root_key
     tally = Path(sys.executable).parent / "tally"
     with log_path.open("wb") as log:
         process = subprocess.Popen(

@@ -37,7 +37,7 @@ import pytest
 from hypothesis import event, settings
 from hypothesis import strategies as st
 from hypothesis.database import DirectoryBasedExampleDatabase
-from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from tally.domain.accounts import AccountStatus, Bounds, Direction, NormalBalance
 from tally.domain.errors import IdempotencyKeyReused, Rejection, RequestError
@@ -108,16 +108,19 @@ class Sent:
 
 
 Leg = tuple[str, Direction, int]
-accounts_or_ghost = st.one_of(Bundle("accounts"), st.just("ghost"))
-amounts = st.one_of(st.integers(1, 1500), st.sampled_from([INT64_MAX, INT64_MAX // 2 + 1]))
+
+
+def now_and_then(usual: st.SearchStrategy[T], rare: st.SearchStrategy[T]) -> st.SearchStrategy[T]:
+    """``rare`` one draw in ten, ``usual`` otherwise."""
+    return st.integers(0, 9).flatmap(lambda n: rare if n == 0 else usual)
+
+
+amounts = now_and_then(st.integers(1, 1500), st.sampled_from([INT64_MAX, INT64_MAX // 2 + 1]))
 minimums = st.one_of(st.none(), st.just(0), st.integers(-1000, -1))
 maximums = st.one_of(st.none(), st.integers(0, 3000))
 
 
 class LedgerMachine(RuleBasedStateMachine):
-    accounts = Bundle("accounts")
-    requests = Bundle("requests")
-
     def __init__(self) -> None:
         super().__init__()
         self.directory = tempfile.TemporaryDirectory(prefix="tally-model-")
@@ -177,8 +180,14 @@ class LedgerMachine(RuleBasedStateMachine):
 
     # -- rules -------------------------------------------------------------------------------
 
+    @initialize()
+    def open_funding_and_customer_accounts(self) -> None:
+        """Per currency, an unbounded debit-normal account where money enters, and a customer."""
+        for currency in CURRENCIES:
+            self.open_account(currency, NormalBalance.DEBIT, None, None)
+            self.open_account(currency, NormalBalance.CREDIT, 0, None)
+
     @rule(
-        target=accounts,
         currency=st.sampled_from(CURRENCIES),
         side=st.sampled_from(NormalBalance),
         min_balance=minimums,
@@ -186,7 +195,7 @@ class LedgerMachine(RuleBasedStateMachine):
     )
     def open_account(
         self, currency: str, side: NormalBalance, min_balance: int | None, max_balance: int | None
-    ) -> str:
+    ) -> None:
         account_id = f"acct-{self.counter}"
         body: dict[str, Any] = {"id": account_id, "currency": currency, "normal_balance": side.value}
         body |= {"min_balance": min_balance, "max_balance": max_balance}
@@ -206,38 +215,39 @@ class LedgerMachine(RuleBasedStateMachine):
         self.sent.append(Sent(key, action, outcome.reply))
         self.model[account_id] = ModelAccount(currency, side, min_balance, max_balance)
         self.events += 1
-        return account_id
 
-    @precondition(lambda self: self.model)
-    @rule(
-        debit=accounts_or_ghost,
-        credit=accounts_or_ghost,
-        amount=amounts,
-        currency=st.one_of(st.none(), st.sampled_from(CURRENCIES)),
-    )
-    def transfer(self, debit: str, credit: str, amount: int, currency: str | None) -> None:
-        body = {
-            "debit_account_id": debit,
-            "credit_account_id": credit,
-            "amount": amount,
-            "currency": currency,
-        }
+    def pick(self, data: st.DataObject, currency: str | None, but: tuple[str, ...] = ()) -> str:
+        """Mostly an account of ``currency`` not among ``but``; now and then any id, or an unknown one."""
+        fitting = sorted(i for i, a in self.model.items() if currency in (None, a.currency) and i not in but)
+        anything = st.sampled_from([*sorted(self.model), "ghost"])
+        return data.draw(now_and_then(st.sampled_from(fitting), anything) if fitting else anything)
+
+    @rule(data=st.data(), amount=amounts, currency=st.sampled_from(CURRENCIES), named=st.booleans())
+    def transfer(self, data: st.DataObject, amount: int, currency: str, named: bool) -> None:
+        debit = self.pick(data, currency)
+        credit = self.pick(data, currency, but=(debit,))
+        stated = data.draw(now_and_then(st.just(currency), st.sampled_from(CURRENCIES))) if named else None
+        body = {"debit_account_id": debit, "credit_account_id": credit, "amount": amount, "currency": stated}
         legs = [(debit, Direction.DEBIT, amount), (credit, Direction.CREDIT, amount)]
-        self.send_transfer(body, legs, currency=currency, simple=True)
+        self.send_transfer(body, legs, currency=stated, simple=True)
 
-    @precondition(lambda self: self.model)
     @rule(
-        head=st.lists(
-            st.tuples(accounts_or_ghost, st.sampled_from(Direction), amounts), min_size=1, max_size=3
-        ),
-        last=st.tuples(accounts_or_ghost, st.sampled_from(Direction), amounts),
+        data=st.data(),
+        shape=st.lists(st.tuples(st.sampled_from(Direction), amounts), min_size=1, max_size=3),
+        last_amount=amounts,
     )
-    def transfer_multi_leg(self, head: list[Leg], last: Leg) -> None:
+    def transfer_multi_leg(
+        self, data: st.DataObject, shape: list[tuple[Direction, int]], last_amount: int
+    ) -> None:
+        currency = data.draw(now_and_then(st.sampled_from(CURRENCIES), st.none()))
+        picked: list[str] = []
+        for _ in range(len(shape) + 1):
+            picked.append(self.pick(data, currency, but=tuple(picked)))
+        legs = [(account_id, d, n) for account_id, (d, n) in zip(picked, shape, strict=False)]
         # The last leg balances the others when it can; when they already balance, it unbalances them.
-        net = sum(amount if direction is Direction.DEBIT else -amount for _, direction, amount in head)
-        if net != 0:
-            last = (last[0], Direction.CREDIT if net > 0 else Direction.DEBIT, min(abs(net), INT64_MAX))
-        legs = [*head, last]
+        net = sum(n if d is Direction.DEBIT else -n for d, n in shape)
+        direction = Direction.CREDIT if net > 0 else Direction.DEBIT
+        legs.append((picked[-1], direction, min(abs(net), INT64_MAX) if net else last_amount))
         body = {"legs": [{"account_id": a, "direction": d.value, "amount": n} for a, d, n in legs]}
         self.send_transfer(body, legs, currency=None, simple=False)
 
@@ -268,8 +278,14 @@ class LedgerMachine(RuleBasedStateMachine):
             self.execute(other, intrude)
         assert self.snapshot() == before
 
-    @rule(account_id=accounts, status=st.sampled_from(AccountStatus))
-    def change_status(self, account_id: str, status: AccountStatus) -> None:
+    @rule(
+        data=st.data(),
+        status=now_and_then(
+            st.sampled_from([AccountStatus.OPEN, AccountStatus.FROZEN]), st.just(AccountStatus.CLOSED)
+        ),
+    )
+    def change_status(self, data: st.DataObject, status: AccountStatus) -> None:
+        account_id = data.draw(st.sampled_from(sorted(self.model)))
         account = self.model[account_id]
         expected: str | None = None
         if account.status is AccountStatus.CLOSED:
@@ -284,14 +300,15 @@ class LedgerMachine(RuleBasedStateMachine):
             self.events += 1
 
     @rule(
-        account_id=accounts,
+        data=st.data(),
         min_balance=st.one_of(minimums, st.integers(1, 300)),
         max_balance=maximums,
         which=st.sampled_from(["min_balance", "max_balance", "both"]),
     )
     def change_bounds(
-        self, account_id: str, min_balance: int | None, max_balance: int | None, which: str
+        self, data: st.DataObject, min_balance: int | None, max_balance: int | None, which: str
     ) -> None:
+        account_id = data.draw(st.sampled_from(sorted(self.model)))
         account = self.model[account_id]
         sets_min, sets_max = which != "max_balance", which != "min_balance"
         low = min_balance if sets_min else account.min_balance
