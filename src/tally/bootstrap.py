@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import sys
 
 from fastapi import FastAPI
@@ -10,10 +12,11 @@ from tally.api.app import create_app
 from tally.config import Settings
 from tally.observability.logging import configure_logging, get_logger
 from tally.services.idempotency import IdempotentExecutor
-from tally.services.ledgers import Authenticator, root_key_hash
+from tally.services.ledgers import Authenticator, KeyUsage, root_key_hash
 from tally.store.sqlite import open_database
 
 _log = get_logger("tally")
+KEY_USAGE_FLUSH_SECONDS = 5.0
 
 
 class Tally:
@@ -32,6 +35,8 @@ class Tally:
         self._announce_root_key = announce_root_key
         self.generated_root_key: str | None = None
         self._authenticator: Authenticator | None = None
+        self._flusher: asyncio.Task[None] | None = None
+        self.key_usage = KeyUsage()
 
     @property
     def authenticator(self) -> Authenticator:
@@ -52,10 +57,24 @@ class Tally:
                 file=sys.stdout,
                 flush=True,
             )
-        self._authenticator = Authenticator(self.database, digest)
+        self._authenticator = Authenticator(self.database, digest, self.key_usage)
+        self._flusher = asyncio.create_task(self._flush_key_usage(), name="tally-key-usage")
         _log.info("started", database=self.database.url.render_as_string(hide_password=True))
 
+    async def _flush_key_usage(self) -> None:
+        while True:
+            await asyncio.sleep(KEY_USAGE_FLUSH_SECONDS)
+            try:
+                await self.key_usage.flush(self.database)
+            except Exception:
+                _log.exception("key usage flush failed", pending=len(self.key_usage))
+
     async def stop(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        await self.key_usage.flush(self.database)
         await self.database.stop()
 
     async def readiness(self) -> dict[str, str]:

@@ -74,6 +74,8 @@ def _install_error_handlers(app: FastAPI) -> None:
         problems = error.errors()
         if any(p.get("type") == "json_invalid" for p in problems):
             return _problem(request, "invalid_json", "The body is not valid JSON.")
+        if any(p.get("type") == "missing" and tuple(p["loc"]) == ("body",) for p in problems):
+            return _problem(request, "invalid_json", "The body is empty; send a JSON object.")
         field_errors = [
             {
                 "loc": [str(part) if not isinstance(part, int) else part for part in p["loc"]],

@@ -1,8 +1,10 @@
 """ASGI middleware: request id, bounded body, access log.
 
 Pure ASGI (no ``BaseHTTPMiddleware``) so it adds one function call per request, not a task.
-The body is read here, at most ``max_body_bytes`` of it: a larger body is answered with 413 before
-anything parses it, whether or not it declared a ``Content-Length``.
+The body is read here, at most ``max_body_bytes`` of it, whether or not it declared a
+``Content-Length``: reading stops at the limit and the app sees an empty body and the flag
+``state["body_too_large"]``. ``TallyRoute`` answers 413 for it after authentication and scope, as the
+API's error precedence asks, without the rest of the body ever being read.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tally.api.problems import BY_CODE, problem_body
 from tally.observability.context import accept_request_id, set_request_id
 from tally.observability.logging import get_logger
 
@@ -33,7 +34,8 @@ class RequestContextMiddleware:
         raw_id = headers.get(b"x-request-id")
         request_id = accept_request_id(raw_id.decode("latin-1") if raw_id is not None else None)
         set_request_id(request_id)
-        scope.setdefault("state", {})["request_id"] = request_id
+        # A fresh per-request state (servers share the lifespan state dict between requests).
+        scope["state"] = {**scope.get("state", {}), "request_id": request_id}
         outcome: dict[str, Any] = {"status": 500, "replayed": False}
 
         async def send_with_id(message: Message) -> None:
@@ -48,8 +50,8 @@ class RequestContextMiddleware:
         try:
             body = await self._read_body(headers, receive)
             if body is None:
-                await self._too_large(send_with_id, request_id)
-                return
+                scope["state"]["body_too_large"] = True
+                body = b""
             await self.app(scope, _replay(body, receive), send_with_id)
         finally:
             route = scope.get("route")
@@ -82,22 +84,6 @@ class RequestContextMiddleware:
             if not message.get("more_body", False):
                 break
         return b"".join(chunks)
-
-    async def _too_large(self, send: Send, request_id: str) -> None:
-        problem = BY_CODE["payload_too_large"]
-        body = problem_body(problem, f"The body exceeds {self.max_body_bytes} bytes.", request_id)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/problem+json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
 
 
 def _replay(body: bytes, upstream: Receive) -> Receive:

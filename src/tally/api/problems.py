@@ -42,7 +42,7 @@ _ROWS: list[tuple[type[e.TallyError] | None, Problem]] = [
         ),
     ),
     (
-        None,
+        e.PayloadTooLarge,
         Problem(
             "payload_too_large",
             413,

@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
 
-from tally.domain.errors import Forbidden, Unauthenticated, ValidationFailed
+from tally.domain.errors import Forbidden, PayloadTooLarge, Unauthenticated, ValidationFailed
 from tally.domain.keys import Scope, effective_scopes
 from tally.services.deadline import Deadline, set_deadline
 from tally.services.ledgers import Principal
@@ -74,6 +74,10 @@ class TallyRoute(APIRoute):
                 _authorise(who, level)
                 request.state.principal = who
                 request.state.ledger_id = who.ledger_id
+            if request.scope["state"].get("body_too_large"):
+                limit = request.app.state.tally.max_body_bytes
+                raise PayloadTooLarge(f"The body exceeds {limit} bytes.")
+            if level is not Access.PUBLIC:
                 set_deadline(_budget(request))
             return await handler(request)
 
@@ -110,8 +114,9 @@ def _budget(request: Request) -> Deadline:
     raw = request.headers.get("tally-timeout-ms")
     if raw is None:
         return Deadline.after(cap_ms / 1000)
-    if not raw.isdigit() or not 1 <= int(raw) <= 3_600_000:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 12 or int(raw) < 1:
         raise ValidationFailed.at(
-            ("header", "Tally-Timeout-Ms"), "Must be an integer number of milliseconds, 1-3600000."
+            ("header", "Tally-Timeout-Ms"), "Must be a positive integer number of milliseconds."
         )
+    # A larger budget than the route allows is capped, not refused (API.md).
     return Deadline.after(min(int(raw), cap_ms) / 1000)

@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from tally.domain.accounts import AccountStatus, Direction, NormalBalance
+from tally.domain.accounts import AccountStatus, Bounds, Direction, NormalBalance
 from tally.domain.ids import CLIENT_ID_PATTERN
 from tally.domain.keys import Scope
 from tally.domain.money import CURRENCY_PATTERN, INT64_MAX, INT64_MIN, MAX_AMOUNT
@@ -98,12 +98,28 @@ class AccountCreate(Metadata):
     min_balance: Int64 | None = Field(default=0, description="null: unbounded; negative: overdraft")
     max_balance: Int64 | None = None
 
+    @model_validator(mode="after")
+    def _bounds_admit_zero(self) -> AccountCreate:
+        # A new account's balance is zero: bounds that exclude zero could never be met.
+        if self.min_balance is not None and self.min_balance > 0:
+            raise ValueError("min_balance of a new account must be 0 or below (or null)")
+        if self.max_balance is not None and self.max_balance < 0:
+            raise ValueError("max_balance of a new account must be 0 or above (or null)")
+        return self
+
 
 class AccountPatch(Metadata):
     name: Name | None = None
     status: AccountStatus | None = None
     min_balance: Int64 | None = None
     max_balance: Int64 | None = None
+
+    @model_validator(mode="after")
+    def _ordered_bounds(self) -> AccountPatch:
+        # Decided by the body alone, so before the account is looked up (API.md precedence).
+        if self.min_balance is not None and self.max_balance is not None:
+            Bounds(self.min_balance, self.max_balance)
+        return self
 
 
 class LegIn(Strict):

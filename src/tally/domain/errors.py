@@ -6,8 +6,10 @@ exactly one problem ``code`` and HTTP status. Services and adapters raise these,
     TallyError
     ├── RequestError                 the request itself is wrong (decided before any lookup)
     │   ├── ValidationFailed         422 validation_error (with field errors)
+    │   ├── PayloadTooLarge          413 payload_too_large
     │   ├── SameAccount              422 same_account
     │   ├── UnbalancedTransfer       422 unbalanced_transfer
+    │   │   └── UnbalancedInCurrency     the same, found after the lookups (also a Rejection)
     │   ├── IdempotencyKeyRequired   400 idempotency_key_required
     │   ├── IdempotencyKeyInUse      409 idempotency_key_in_use
     │   └── IdempotencyKeyReused     422 idempotency_key_reused
@@ -43,6 +45,10 @@ class TallyError(Exception):
         self.detail = detail
 
 
+class Rejection(TallyError):
+    """A business outcome decided against the stored state; replayed for the same idempotency key."""
+
+
 class RequestError(TallyError):
     """The request is wrong in itself, whatever the stored state."""
 
@@ -65,12 +71,21 @@ class ValidationFailed(RequestError):
         return cls([FieldError(loc, msg)], detail=msg)
 
 
+class PayloadTooLarge(RequestError):
+    pass
+
+
 class SameAccount(RequestError):
     pass
 
 
 class UnbalancedTransfer(RequestError):
     pass
+
+
+class UnbalancedInCurrency(UnbalancedTransfer, Rejection):
+    """Debits equal credits overall, but not per currency: known only once the accounts are read,
+    so it is decided while processing and stored under the idempotency key."""
 
 
 class IdempotencyKeyRequired(RequestError):
@@ -99,10 +114,6 @@ class Forbidden(AccessError):
 
 class NotFound(TallyError):
     pass
-
-
-class Rejection(TallyError):
-    """A business outcome decided against the stored state; replayed for the same idempotency key."""
 
 
 class AccountNotFound(Rejection):

@@ -19,6 +19,7 @@ from tally.domain.errors import (
     AccountNotFound,
     CurrencyMismatch,
     SameAccount,
+    UnbalancedInCurrency,
     UnbalancedTransfer,
     ValidationFailed,
 )
@@ -132,4 +133,4 @@ def _check_currencies(request: TransferRequest, legs: list[Leg]) -> None:
         net[leg.currency] += leg.amount if leg.direction is Direction.DEBIT else -leg.amount
     unbalanced = sorted(currency for currency, total in net.items() if total != 0)
     if unbalanced:
-        raise UnbalancedTransfer(f"Debits and credits differ in {', '.join(unbalanced)}.")
+        raise UnbalancedInCurrency(f"Debits and credits differ in {', '.join(unbalanced)}.")

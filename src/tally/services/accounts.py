@@ -147,9 +147,10 @@ async def balance_as_of(
     """The balance now, or after the last posting at or before ``as_of``."""
     async with database.read() as tx:
         account = await _existing(tx, ledger_id, account_id)
-        now = await tx.now()
-        if as_of is None or as_of >= now:
-            return BalanceAsOf(account, account.balance, account.version, as_of or now)
+        if as_of is None:
+            return BalanceAsOf(account, account.balance, account.version, await tx.now())
+        # Every change of a balance wrote an entry carrying the balance after it, so the last entry
+        # at or before ``as_of`` is the answer, for a past moment as for a future one.
         past = await tx.entries.balance_at(account.pk, as_of)
         if past is None:
             return BalanceAsOf(account, Balance(), 0, as_of)

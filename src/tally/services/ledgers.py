@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from tally.domain.errors import NotFound, Unauthenticated
 from tally.domain.ids import new_id
@@ -80,6 +82,40 @@ async def require_ledger(tx: Transaction, ledger_id: str) -> Ledger:
     return ledger
 
 
+class KeyUsage:
+    """Write-behind of each key's ``last_used_at`` (ADR 0013).
+
+    Authentication only records the time in memory; ``flush`` writes what was recorded in one
+    transaction. The composition root flushes on an interval and at shutdown, so a crash loses at
+    most one interval of ``last_used_at`` updates and nothing else. The buffer holds one entry per
+    key used since the last flush, so its size is bounded by the number of keys.
+    """
+
+    def __init__(self, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self._clock = clock
+        self._pending: dict[str, datetime] = {}
+
+    def record(self, key_id: str) -> None:
+        self._pending[key_id] = self._clock()
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    async def flush(self, database: Database) -> int:
+        """Write the recorded times; return how many keys were touched."""
+        pending, self._pending = self._pending, {}
+        if pending:
+            try:
+                async with database.write() as tx:
+                    for key_id, at in pending.items():
+                        await tx.keys.touch(key_id, at)
+            except BaseException:
+                # Keep what could not be written for the next flush (newer times win).
+                self._pending = {**pending, **self._pending}
+                raise
+        return len(pending)
+
+
 class Authenticator:
     """Turns a bearer secret into a ``Principal``.
 
@@ -87,9 +123,10 @@ class Authenticator:
     compared by hash in constant time; a ledger key is found by the hash of its secret.
     """
 
-    def __init__(self, database: Database, root_key_hash: bytes) -> None:
+    def __init__(self, database: Database, root_key_hash: bytes, usage: KeyUsage) -> None:
         self._database = database
         self._root_key_hash = root_key_hash
+        self._usage = usage
 
     async def authenticate(self, secret: str) -> Principal:
         kind = secret_kind(secret)
@@ -106,6 +143,7 @@ class Authenticator:
             raise Unauthenticated("The API key is not valid.")
         if key.revoked_at is not None:
             raise Unauthenticated("The API key has been revoked.")
+        self._usage.record(key.id)
         return Principal(key.ledger_id, key)
 
 

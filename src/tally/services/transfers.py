@@ -7,7 +7,7 @@ Taking the balance row locks first and in one order is what keeps hot accounts f
 
 from __future__ import annotations
 
-from tally.domain.errors import IdConflict, NotFound
+from tally.domain.errors import AccountNotFound, IdConflict, NotFound
 from tally.domain.ids import new_id
 from tally.domain.transfers import Transfer, TransferRequest, TransferStatus, plan
 from tally.services.ports import Database, NewEntry, NewEvent, Page, Transaction
@@ -32,8 +32,11 @@ async def create_transfer(
         if existing is not None:
             if existing.request_hash == request_hash:
                 return existing, False
-            # Lookups answer before state (API.md error precedence).
-            plan(request, await tx.accounts.lock(ledger_id, account_ids))
+            # Lookups answer before state, and state before business rules (API.md precedence).
+            found = await tx.accounts.lock(ledger_id, account_ids)
+            for account_id in account_ids:
+                if account_id not in found:
+                    raise AccountNotFound(f"Account {account_id} does not exist.")
             raise IdConflict(f"Transfer {request.id} exists with a different body.")
     accounts = await tx.accounts.lock(ledger_id, account_ids)
     posting = plan(request, accounts)

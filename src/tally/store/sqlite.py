@@ -144,6 +144,10 @@ class SqliteDatabase:
         self._last_write_micros = micros
         return micros
 
+    def _read_now(self) -> int:
+        # Never behind a commit this process made (write times may run ahead of the clock).
+        return max(self._clock(), self._last_write_micros)
+
     @asynccontextmanager
     async def write(self) -> AsyncIterator[SqlTransaction]:
         budget = remaining(self._lock_wait)
@@ -179,7 +183,7 @@ class SqliteDatabase:
             await self._begin(conn, time.monotonic() + remaining(self._lock_wait))
             try:
                 with _interrupt_at_deadline(conn):
-                    yield SqlTransaction(SqliteConnection(conn), self._clock)
+                    yield SqlTransaction(SqliteConnection(conn), self._read_now)
             finally:
                 conn.rollback()
         finally:

@@ -86,6 +86,7 @@ async def list_keys(
 @router.delete("/v1/ledgers/{ledger_id}/keys/{key_id}", status_code=204, openapi_extra=access(Access.KEYS))
 async def revoke_key(ledger_id: str, key_id: str, request: Request) -> Response:
     _own_ledger(request, ledger_id)
-    async with request.app.state.tally.database.write() as tx:
+    database = request.app.state.tally.database
+    async with database.write() as tx:
         await ledgers.revoke_key(tx, ledger_id, key_id)
-    return Response(status_code=204)
+    return Response(status_code=204, headers={"Tally-Consistency-Token": database.position()})
