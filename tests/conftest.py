@@ -6,7 +6,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import LedgerKeys, Server, asgi_client, new_ledger, start_server, settings_for
+from tests.support import LedgerKeys, Server, asgi_client, new_ledger, settings_for, start_server
 
 
 @pytest.fixture

@@ -94,14 +94,8 @@ def _page(items: Iterable[T], limit: int, position: Callable[[T], int]) -> Page[
 
 class _Repository:
     def __init__(self, tx: FakeTransaction) -> None:
-        self._tx = tx
-
-    @property
-    def _state(self) -> State:
-        return self._tx.state
-
-    def _written(self) -> None:
-        self._tx.mark_written()
+        self._state = tx.state
+        self._written = tx.mark_written
 
 
 class FakeLedgerRepository(_Repository):
@@ -122,13 +116,13 @@ class FakeApiKeyRepository(_Repository):
         return next((k for k in self._state.keys.values() if k.secret_hash == secret_hash), None)
 
     async def get(self, ledger_id: str, key_id: str) -> ApiKey | None:
-        found = (k for k in self._state.keys.values() if k.ledger_id == ledger_id and k.id == key_id)
-        return next(found, None)
+        return next(
+            (k for k in self._state.keys.values() if (k.ledger_id, k.id) == (ledger_id, key_id)), None
+        )
 
     async def list(self, ledger_id: str, *, after: int | None, limit: int) -> Page[ApiKey]:
-        rows = sorted((pk, k) for pk, k in self._state.keys.items() if k.ledger_id == ledger_id)
-        rows = [(pk, k) for pk, k in rows if after is None or pk > after]
-        page = _page(rows, limit, lambda row: row[0])
+        rows = [(pk, k) for pk, k in sorted(self._state.keys.items()) if k.ledger_id == ledger_id]
+        page = _page([row for row in rows if after is None or row[0] > after], limit, lambda row: row[0])
         return Page([k for _, k in page.items], page.next_after)
 
     def _update(self, ledger_id: str | None, key_id: str, change: Callable[[ApiKey], ApiKey]) -> None:
@@ -154,36 +148,24 @@ class FakeAccountRepository(_Repository):
         return stored
 
     async def get(self, ledger_id: str, account_id: str) -> Account | None:
-        found = (a for a in self._state.accounts.values() if (a.ledger_id, a.id) == (ledger_id, account_id))
-        return next(found, None)
+        rows = self._state.accounts.values()
+        return next((a for a in rows if (a.ledger_id, a.id) == (ledger_id, account_id)), None)
 
     async def lock(self, ledger_id: str, account_ids: Sequence[str]) -> dict[str, Account]:
-        wanted = set(account_ids)
-        return {
-            a.id: a
-            for _, a in sorted(self._state.accounts.items())
-            if a.ledger_id == ledger_id and a.id in wanted
-        }
+        rows = sorted(self._state.accounts.items())  # pk order, as the SQL adapter locks
+        return {a.id: a for _, a in rows if a.ledger_id == ledger_id and a.id in account_ids}
 
     async def save_balances(self, accounts: Sequence[Account], at: datetime) -> None:
         self._written()
-        for account in sorted(accounts, key=lambda a: a.pk):
-            stored = self._state.accounts[account.pk]
-            self._state.accounts[account.pk] = replace(
-                stored, balance=account.balance, version=account.version, updated_at=at
-            )
+        for a in accounts:
+            stored = self._state.accounts[a.pk]
+            self._state.accounts[a.pk] = replace(stored, balance=a.balance, version=a.version, updated_at=at)
 
     async def save(self, account: Account) -> None:
         self._written()
-        stored = self._state.accounts[account.pk]
-        self._state.accounts[account.pk] = replace(
-            stored,
-            name=account.name,
-            metadata=account.metadata,
-            status=account.status,
-            bounds=account.bounds,
-            updated_at=account.updated_at,
-        )
+        a, stored = account, self._state.accounts[account.pk]
+        stored = replace(stored, name=a.name, metadata=a.metadata, status=a.status, bounds=a.bounds)
+        self._state.accounts[a.pk] = replace(stored, updated_at=a.updated_at)
 
     async def list(
         self,
@@ -216,8 +198,8 @@ class FakeTransferRepository(_Repository):
         return stored
 
     async def get(self, ledger_id: str, transfer_id: str) -> Transfer | None:
-        found = (t for t in self._state.transfers.values() if (t.ledger_id, t.id) == (ledger_id, transfer_id))
-        return next(found, None)
+        rows = self._state.transfers.values()
+        return next((t for t in rows if (t.ledger_id, t.id) == (ledger_id, transfer_id)), None)
 
     async def list(
         self,
@@ -245,20 +227,9 @@ class FakeEntryRepository(_Repository):
         transfer_id = self._state.transfers[transfer_pk].id
         for new in entries:
             after = new.balance_after
-            self._state.entries.append(
-                Entry(
-                    pk=self._state.take_pk(),
-                    account_pk=new.account_pk,
-                    transfer_id=transfer_id,
-                    direction=new.direction,
-                    amount=new.amount,
-                    posted_after=after.posted,
-                    pending_debits_after=after.pending_debits,
-                    pending_credits_after=after.pending_credits,
-                    account_version=new.account_version,
-                    created_at=at,
-                )
-            )
+            posting = (self._state.take_pk(), new.account_pk, transfer_id, new.direction, new.amount)
+            balance = (after.posted, after.pending_debits, after.pending_credits, new.account_version)
+            self._state.entries.append(Entry(*posting, *balance, at))
 
     async def list(self, account_pk: int, *, before: int | None, limit: int) -> Page[Entry]:
         rows = (

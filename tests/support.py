@@ -83,9 +83,7 @@ async def new_ledger(client: httpx.AsyncClient, name: str = "test") -> LedgerKey
     return LedgerKeys(ledger_id, keys["admin"], keys["write"], keys["read"])
 
 
-async def open_account(
-    client: httpx.AsyncClient, headers: dict[str, str], **body: Any
-) -> dict[str, Any]:
+async def open_account(client: httpx.AsyncClient, headers: dict[str, str], **body: Any) -> dict[str, Any]:
     body.setdefault("currency", "USD")
     response = await client.post("/v1/accounts", json=body, headers=headers)
     assert response.status_code == 201, response.text

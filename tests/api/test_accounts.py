@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+import re
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import httpx
@@ -11,6 +12,7 @@ import pytest
 from tests.support import LedgerKeys, open_account, transfer
 
 MICROSECOND = timedelta(microseconds=1)
+RFC3339_UTC_MICROS = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
 
 
 def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
@@ -76,6 +78,8 @@ async def test_an_account_opens_with_the_documented_defaults(
     assert account["status"] == "open"
     assert account["version"] == 0
     assert account["metadata"] == {}
+    assert RFC3339_UTC_MICROS.fullmatch(account["created_at"])
+    assert RFC3339_UTC_MICROS.fullmatch(account["updated_at"])
     assert account["balance"] == {"posted": 0, "pending_debits": 0, "pending_credits": 0, "available": 0}
     assert await get_account(client, ledger, account["id"]) == account
 
@@ -165,6 +169,7 @@ async def test_a_frozen_account_refuses_new_postings_both_ways_until_it_is_reope
     frozen = await patch(client, ledger, "alice", status="frozen")
     assert frozen.status_code == 200
     assert frozen.json()["status"] == "frozen"
+    assert frozen.json()["version"] == 1  # a status change is not a balance change
     before = await get_account(client, ledger, "alice")
     assert_problem(await transfer(client, ledger.write, world, "alice", 5), 422, "account_not_open")
     assert_problem(await transfer(client, ledger.write, "alice", world, 5), 422, "account_not_open")
@@ -273,6 +278,17 @@ async def test_a_patch_of_bounds_that_the_current_balance_breaks_is_refused(
     assert (edge.json()["min_balance"], edge.json()["max_balance"]) == (500, 500)
 
 
+async def test_a_patch_whose_bounds_contradict_each_other_is_refused_before_the_lookup(
+    client: httpx.AsyncClient, ledger: LedgerKeys
+) -> None:
+    # API.md error precedence: body validation (422) answers before lookups (404) and state (409).
+    bounds = {"min_balance": 10, "max_balance": 5}
+    assert_problem(await patch(client, ledger, "nobody", **bounds), 422, "validation_error")
+    await open_account(client, ledger.write, id="shut")
+    assert (await patch(client, ledger, "shut", status="closed")).status_code == 200
+    assert_problem(await patch(client, ledger, "shut", **bounds), 422, "validation_error")
+
+
 async def test_a_min_balance_above_the_max_balance_is_a_validation_error(
     client: httpx.AsyncClient, ledger: LedgerKeys
 ) -> None:
@@ -314,10 +330,12 @@ async def test_a_balance_as_of_a_moment_is_the_balance_after_the_last_posting_at
     assert (now["posted"], now["available"], now["version"]) == (350, 350, 2)
     assert (now["account_id"], now["currency"]) == ("alice", "USD")
 
-    for moment in (at_first, at_second - MICROSECOND):
+    elsewhere = timezone(timedelta(hours=2))
+    for moment in (at_first, at_second - MICROSECOND, at_first.astimezone(elsewhere)):
         past = await balance(client, ledger, "alice", moment)
         assert (past["posted"], past["available"], past["version"]) == (100, 100, 1)
         assert parsed(past["as_of"]) == moment
+        assert RFC3339_UTC_MICROS.fullmatch(past["as_of"])
     latest = await balance(client, ledger, "alice", at_second)
     assert (latest["posted"], latest["version"]) == (350, 2)
     before = await balance(client, ledger, "alice", at_first - MICROSECOND)

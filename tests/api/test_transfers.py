@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from typing import Any
 
 import httpx
@@ -11,6 +12,7 @@ import pytest
 from tests.support import LedgerKeys, idem, new_ledger, open_account, transfer
 
 INT64_MAX = 2**63 - 1
+RFC3339_UTC_MICROS = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
 
 
 def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
@@ -78,7 +80,8 @@ async def test_a_simple_transfer_moves_the_amount_and_reads_in_both_forms(
     assert {k: made[k] for k in body} == body
     assert (made["currency"], made["status"], made["description"]) == ("USD", "posted", "rent")
     assert (made["metadata"], made["reverses"], made["reversed_amount"]) == ({"month": 5}, None, 0)
-    assert made["posted_at"] is not None
+    assert RFC3339_UTC_MICROS.fullmatch(made["created_at"])
+    assert made["posted_at"] == made["created_at"]
     assert made["legs"] == [
         {"account_id": "alice", "direction": "debit", "amount": 300, "currency": "USD"},
         {"account_id": "bob", "direction": "credit", "amount": 300, "currency": "USD"},
@@ -185,7 +188,10 @@ async def test_a_multi_leg_transfer_must_balance_in_every_currency(
     assert_problem(await post(client, ledger, skewed), 422, "unbalanced_transfer")
     assert await snapshot(client, ledger) == before
     exchange = legs(
-        ("alice", "debit", 100), ("bob", "credit", 100), ("eur_bank", "debit", 90), ("eur_alice", "credit", 90)
+        ("alice", "debit", 100),
+        ("bob", "credit", 100),
+        ("eur_bank", "debit", 90),
+        ("eur_alice", "credit", 90),
     )
     response = await post(client, ledger, exchange)
     assert response.status_code == 201, response.text
@@ -237,6 +243,10 @@ async def test_a_posting_that_would_overflow_a_balance_is_refused(
     assert_problem(await transfer(client, ledger.write, "mint", "vault", 1), 422, "amount_overflow")
     assert await snapshot(client, ledger) == before
     assert await posted(client, ledger, "mint", "vault") == [-INT64_MAX, INT64_MAX]
+    await open_account(client, ledger.write, id="spare")
+    assert (await transfer(client, ledger.write, "mint", "spare", 1)).status_code == 201  # -2**63 fits
+    assert_problem(await transfer(client, ledger.write, "mint", "spare", 1), 422, "amount_overflow")
+    assert await posted(client, ledger, "mint", "spare") == [-(2**63), 1]
 
 
 @pytest.mark.usefixtures("accounts")
@@ -255,7 +265,26 @@ async def test_a_client_transfer_id_returns_the_same_transfer_for_the_same_body_
     assert (await list_ids(client, ledger, account_id="bob")) == ["rent-may"]
 
 
-async def test_a_transfer_of_another_ledger_is_not_found(client: httpx.AsyncClient, ledger: LedgerKeys) -> None:
+@pytest.mark.usefixtures("accounts")
+@pytest.mark.parametrize(
+    ("change", "hidden"),
+    [({"amount": 10**6}, "insufficient_funds"), ({"currency": "EUR"}, "currency_mismatch")],
+)
+async def test_an_id_conflict_answers_before_the_business_rules_of_the_new_body(
+    client: httpx.AsyncClient, ledger: LedgerKeys, change: dict[str, Any], hidden: str
+) -> None:
+    # API.md error precedence: state (409) answers before balance and business rules (422).
+    body = {"id": "rent-may", "debit_account_id": "alice", "credit_account_id": "bob", "amount": 300}
+    assert (await post(client, ledger, body)).status_code == 201
+    before = await snapshot(client, ledger)
+    response = await post(client, ledger, {**body, **change})
+    assert_problem(response, 409, "id_conflict")
+    assert await snapshot(client, ledger) == before
+
+
+async def test_a_transfer_of_another_ledger_is_not_found(
+    client: httpx.AsyncClient, ledger: LedgerKeys
+) -> None:
     other = await new_ledger(client, "other")
     await open_account(client, other.write, id="src", min_balance=None)
     await open_account(client, other.write, id="dst")
@@ -282,12 +311,17 @@ async def test_value_is_conserved_across_a_mixed_sequence_of_transfers(
         await open_account(client, ledger.write, id=account_id, **spec)
     outcomes: dict[int, int] = {}
     for _ in range(60):
-        pool = [a for a in specs if a.startswith(rng.choice(["usd", "eur"]))]
+        prefix = rng.choice(["usd", "eur"])
+        pool = [a for a in specs if a.startswith(prefix)]
         amount = rng.randint(1, 1500)
         if rng.random() < 0.3 and len(pool) >= 3:
             debit, credit_one, credit_two = rng.sample(pool, 3)
             split = rng.randint(1, amount) if amount > 1 else 1
-            body = legs((debit, "debit", amount + 1), (credit_one, "credit", split), (credit_two, "credit", amount + 1 - split))
+            body = legs(
+                (debit, "debit", amount + 1),
+                (credit_one, "credit", split),
+                (credit_two, "credit", amount + 1 - split),
+            )
         else:
             debit, credit = rng.sample(pool, 2)
             body = {"debit_account_id": debit, "credit_account_id": credit, "amount": amount}

@@ -21,7 +21,6 @@ from tally.api.app import create_app
 from tally.bootstrap import Tally
 from tests.support import ROOT, idem, new_ledger, open_account, settings_for, transfer
 
-
 # The access patterns of docs/data-model.md whose index is not the only one that could answer:
 # the statement (matched by a fragment of its SQL) must search through the named index columns.
 EXPECTED = [
