@@ -23,6 +23,7 @@ class Tally:
     """The running service: database, idempotent executor, authenticator. Started by the app."""
 
     def __init__(self, settings: Settings, *, announce_root_key: bool = True) -> None:
+        configure_logging(settings.log_format, settings.log_level)
         self.settings = settings
         self.max_body_bytes = settings.max_body_bytes
         self.database = open_database(
@@ -87,6 +88,4 @@ class Tally:
 
 
 def build_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or Settings()
-    configure_logging(settings.log_format, settings.log_level)
-    return create_app(Tally(settings))
+    return create_app(Tally(settings or Settings()))
