@@ -21,7 +21,7 @@ class Settings(BaseSettings):
 
     database_url: str = Field(
         default_factory=lambda: f"sqlite:///{Path.cwd() / 'tally.db'}",
-        description="Primary database: sqlite:///path.db or postgresql+psycopg://...",
+        description="Primary database: sqlite:///path.db (PostgreSQL arrives in a later release).",
     )
     root_key: SecretStr | None = Field(
         default=None,

@@ -41,7 +41,7 @@ from hypothesis.database import DirectoryBasedExampleDatabase
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from tally.domain.accounts import AccountStatus, Bounds, Direction, NormalBalance
-from tally.domain.errors import IdempotencyKeyReused, Rejection, RequestError
+from tally.domain.errors import IdempotencyKeyReused, RequestError, TallyError
 from tally.domain.keys import Ledger
 from tally.domain.money import INT64_MAX, INT64_MIN
 from tally.domain.transfers import LegRequest, TransferRequest
@@ -77,7 +77,7 @@ def render(status: int, data: Any) -> StoredReply:
     return StoredReply(status, orjson.dumps(data))
 
 
-def reject(rejection: Rejection) -> StoredReply:
+def reject(rejection: TallyError) -> StoredReply:
     code = type(rejection).__name__
     return render(409 if code in CONFLICTS else 422, {"code": code, "detail": rejection.detail})
 

@@ -133,7 +133,7 @@ def test_the_maximum_counts_posted_plus_pending_inflows() -> None:
 def test_a_minimum_above_the_maximum_is_a_validation_error() -> None:
     with pytest.raises(ValidationFailed) as refused:
         Bounds(min_balance=10, max_balance=9)
-    assert refused.value.errors[0].loc == ("max_balance",)
+    assert refused.value.errors[0].loc == ("body", "max_balance")
 
 
 def test_equal_minimum_and_maximum_are_allowed() -> None:

@@ -17,7 +17,7 @@ from tally.domain.errors import (
     IdempotencyKeyReused,
     InsufficientFunds,
     NotFound,
-    Rejection,
+    TallyError,
     ValidationFailed,
 )
 from tally.domain.transfers import LegRequest, Transfer, TransferRequest
@@ -254,7 +254,7 @@ def reply(data: object, status: int = 201) -> StoredReply:
     return StoredReply(status, orjson.dumps(data))
 
 
-def reject(rejection: Rejection) -> StoredReply:
+def reject(rejection: TallyError) -> StoredReply:
     return reply({"code": type(rejection).__name__, "detail": rejection.detail}, 422)
 
 

@@ -84,7 +84,7 @@ def test_fewer_than_two_legs_is_a_validation_error(count: int) -> None:
     legs = (("a", DEBIT, 5),)[:count]
     with pytest.raises(ValidationFailed) as refused:
         multi(*legs).check()
-    assert refused.value.errors[0].loc == ("legs",)
+    assert refused.value.errors[0].loc == ("body", "legs")
 
 
 def test_the_simple_form_naming_one_account_twice_is_same_account() -> None:
@@ -95,7 +95,7 @@ def test_the_simple_form_naming_one_account_twice_is_same_account() -> None:
 def test_a_multi_leg_request_naming_one_account_twice_points_at_the_repeated_leg() -> None:
     with pytest.raises(ValidationFailed) as refused:
         multi(("a", DEBIT, 5), ("b", CREDIT, 5), ("a", CREDIT, 0)).check()
-    assert refused.value.errors[0].loc == ("legs", 2, "account_id")
+    assert refused.value.errors[0].loc == ("body", "legs", 2, "account_id")
 
 
 def test_debits_that_differ_from_credits_are_unbalanced() -> None:

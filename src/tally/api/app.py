@@ -102,11 +102,6 @@ def _install_error_handlers(app: FastAPI) -> None:
             return _problem(request, "invalid_json", "The body could not be parsed as JSON.")
         return _problem(request, "internal_error", "Unexpected error.")
 
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, error: Exception) -> Response:
-        _log.exception("unhandled error", error_type=type(error).__name__)
-        return _problem(request, "internal_error", "Something failed inside Tally.")
-
 
 def _problem(request: Request, code: str, detail: str) -> Response:
     problem = BY_CODE[code]

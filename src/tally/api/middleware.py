@@ -14,6 +14,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tally.api.problems import BY_CODE, problem_body
 from tally.observability.context import accept_request_id, set_request_id
 from tally.observability.logging import get_logger
 
@@ -36,11 +37,12 @@ class RequestContextMiddleware:
         set_request_id(request_id)
         # A fresh per-request state (servers share the lifespan state dict between requests).
         scope["state"] = {**scope.get("state", {}), "request_id": request_id}
-        outcome: dict[str, Any] = {"status": 500, "replayed": False}
+        outcome: dict[str, Any] = {"status": 500, "replayed": False, "status_sent": False}
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 outcome["status"] = message["status"]
+                outcome["status_sent"] = True
                 response_headers = list(message.get("headers", []))
                 response_headers.append((b"x-request-id", request_id.encode()))
                 outcome["replayed"] = (b"idempotent-replayed", b"true") in response_headers
@@ -52,7 +54,15 @@ class RequestContextMiddleware:
             if body is None:
                 scope["state"]["body_too_large"] = True
                 body = b""
-            await self.app(scope, _replay(body, receive), send_with_id)
+            try:
+                await self.app(scope, _replay(body, receive), send_with_id)
+            except Exception:
+                # Answered here rather than by Starlette's outermost handler, so that a 500 carries
+                # X-Request-ID like every other response. No detail reaches the client.
+                _log.exception("unhandled error")
+                if outcome["status_sent"]:
+                    raise
+                await _internal_error(send_with_id, request_id)
         finally:
             route = scope.get("route")
             state = scope.get("state", {})
@@ -84,6 +94,22 @@ class RequestContextMiddleware:
             if not message.get("more_body", False):
                 break
         return b"".join(chunks)
+
+
+async def _internal_error(send: Send, request_id: str) -> None:
+    problem = BY_CODE["internal_error"]
+    body = problem_body(problem, "Something failed inside Tally; nothing was applied.", request_id)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 500,
+            "headers": [
+                (b"content-type", b"application/problem+json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 def _replay(body: bytes, upstream: Receive) -> Receive:

@@ -13,7 +13,7 @@ from fastapi import Request, Response
 from pydantic import BaseModel
 
 from tally.api.problems import render_error
-from tally.domain.errors import IdempotencyKeyRequired, Rejection, ValidationFailed
+from tally.domain.errors import IdempotencyKeyRequired, TallyError, ValidationFailed
 from tally.services.idempotency import IdempotencyKey, Outcome
 from tally.services.ports import Page, StoredReply
 
@@ -75,7 +75,7 @@ def request_hash(model: BaseModel) -> bytes:
     return hashlib.sha256(orjson.dumps(model.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)).digest()
 
 
-def rejecter(request: Request) -> Callable[[Rejection], StoredReply]:
+def rejecter(request: Request) -> Callable[[TallyError], StoredReply]:
     rid = request_id(request)
     return lambda rejection: render_error(rejection, rid)
 

@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from tally.domain.accounts import AccountStatus, Bounds, Direction, NormalBalance
+from tally.domain.accounts import AccountStatus, Direction, NormalBalance
 from tally.domain.ids import CLIENT_ID_PATTERN
 from tally.domain.keys import Scope
 from tally.domain.money import CURRENCY_PATTERN, INT64_MAX, INT64_MIN, MAX_AMOUNT
@@ -54,6 +54,8 @@ def _check_metadata(value: dict[str, Any]) -> dict[str, Any]:
         item = stack.pop()
         if isinstance(item, float) and not math.isfinite(item):
             raise ValueError("metadata may not hold NaN or Infinity")
+        if isinstance(item, int) and not isinstance(item, bool) and not INT64_MIN <= item <= INT64_MAX:
+            raise ValueError("metadata integers must fit in 64 bits")
         if isinstance(item, dict):
             stack.extend(item.values())
         elif isinstance(item, list):
@@ -117,8 +119,12 @@ class AccountPatch(Metadata):
     @model_validator(mode="after")
     def _ordered_bounds(self) -> AccountPatch:
         # Decided by the body alone, so before the account is looked up (API.md precedence).
-        if self.min_balance is not None and self.max_balance is not None:
-            Bounds(self.min_balance, self.max_balance)
+        if (
+            self.min_balance is not None
+            and self.max_balance is not None
+            and self.min_balance > self.max_balance
+        ):
+            raise ValueError("max_balance must not be below min_balance")
         return self
 
 

@@ -79,7 +79,7 @@ class Bounds:
             and self.max_balance is not None
             and self.min_balance > self.max_balance
         ):
-            raise ValidationFailed.at(("max_balance",), "max_balance must not be below min_balance")
+            raise ValidationFailed.at(("body", "max_balance"), "max_balance must not be below min_balance")
 
     def admit(self, side: NormalBalance, balance: Balance) -> None:
         """Refuse with ``InsufficientFunds`` when ``balance`` breaks a bound."""

@@ -53,14 +53,14 @@ class TransferRequest:
     def check(self) -> None:
         """The rules decided by the body alone: two or more legs, no account twice, balanced."""
         if len(self.legs) < 2:
-            raise ValidationFailed.at(("legs",), "A transfer needs at least two legs.")
+            raise ValidationFailed.at(("body", "legs"), "A transfer needs at least two legs.")
         seen: set[str] = set()
         for index, leg in enumerate(self.legs):
             if leg.account_id in seen:
                 if self.simple:
                     raise SameAccount("The debit and credit accounts must differ.")
                 raise ValidationFailed.at(
-                    ("legs", index, "account_id"), "Each account may appear in one leg only."
+                    ("body", "legs", index, "account_id"), "Each account may appear in one leg only."
                 )
             seen.add(leg.account_id)
         debits = sum(leg.amount for leg in self.legs if leg.direction is Direction.DEBIT)

@@ -1,7 +1,8 @@
 """Idempotent execution of a write: the key record and the effect commit in one transaction.
 
 Contract (API.md, ADR 0005): under one (ledger, key), the first request that completes stores its
-reply (every 2xx and every ``Rejection``); a later request with the same fingerprint gets that reply
+reply (every 2xx, and every 4xx decided while processing: rejections, lookups and rules checked
+against the stored state); a later request with the same fingerprint gets that reply
 again with no second effect; with another fingerprint it is refused (``IdempotencyKeyReused``); while
 the first is still running in this process, it is refused (``IdempotencyKeyInUse``). A request that
 fails otherwise commits nothing, so its key is free again.
@@ -16,7 +17,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
-from tally.domain.errors import IdempotencyKeyInUse, IdempotencyKeyReused, Rejection
+from tally.domain.errors import (
+    IdempotencyKeyInUse,
+    IdempotencyKeyReused,
+    NotFound,
+    Rejection,
+    RequestError,
+    TallyError,
+)
 from tally.services.ports import Database, IdempotencyRecord, StoredReply, Transaction
 
 RETENTION = timedelta(hours=24)
@@ -35,13 +43,13 @@ class Outcome:
 
 
 Action = Callable[[Transaction], Awaitable[StoredReply]]
-Reject = Callable[[Rejection], StoredReply]
+Reject = Callable[[TallyError], StoredReply]
 
 
 class _RejectedAfterWrite(Exception):
     """Leaves the transaction so that a rejection found after a write rolls the write back."""
 
-    def __init__(self, rejection: Rejection) -> None:
+    def __init__(self, rejection: TallyError) -> None:
         super().__init__(rejection.detail)
         self.rejection = rejection
 
@@ -93,7 +101,8 @@ class IdempotentExecutor:
                     return Outcome(record.reply, replayed=True)
             try:
                 reply = await action(tx)
-            except Rejection as rejection:
+            except (Rejection, NotFound, RequestError) as rejection:
+                # Every 4xx decided while processing is the request's outcome, kept for retries.
                 if tx.wrote:
                     raise _RejectedAfterWrite(rejection) from rejection
                 reply = reject(rejection)

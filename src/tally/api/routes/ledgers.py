@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import orjson
 from fastapi import APIRouter, Query, Request, Response
 
 from tally.api.replies import (
@@ -18,6 +19,7 @@ from tally.api.routing import Access, TallyRoute, access, principal
 from tally.api.schemas import KeyCreate, KeyCreated, KeyPage, LedgerCreate, LedgerOut
 from tally.domain.errors import NotFound
 from tally.services import ledgers
+from tally.services.idempotency import Outcome
 from tally.services.ports import StoredReply, Transaction
 from tally.services.views import key_view, ledger_view
 
@@ -51,24 +53,30 @@ async def create_ledger(body: LedgerCreate, request: Request) -> Response:
 )
 async def create_key(ledger_id: str, body: KeyCreate, request: Request) -> Response:
     _own_ledger(request, ledger_id)
+    shown: list[str] = []
 
     async def action(tx: Transaction) -> StoredReply:
         key, secret = await ledgers.create_key(tx, ledger_id, body.name, frozenset(body.scopes))
+        shown.append(secret)
         view = key_view(key)
-        return json_reply(
-            201,
-            {
-                "id": view["id"],
-                "name": view["name"],
-                "key": secret,
-                "scopes": view["scopes"],
-                "created_at": view["created_at"],
-            },
-        )
+        # What an idempotent replay returns: everything but the secret, which is shown once and
+        # never stored (ADR 0008). The live response below carries it.
+        created = {
+            "id": view["id"],
+            "name": view["name"],
+            "key": None,
+            "scopes": view["scopes"],
+            "created_at": view["created_at"],
+        }
+        return json_reply(201, created)
 
     tally = request.app.state.tally
     key = await idempotency_key(request, required=False)
     outcome = await tally.executor.run(ledger_id, key, action, rejecter(request))
+    if shown and not outcome.replayed:
+        created = orjson.loads(outcome.reply.body)
+        created["key"] = shown[0]
+        outcome = Outcome(json_reply(outcome.reply.status, created), replayed=False)
     return respond_outcome(request, outcome)
 
 
