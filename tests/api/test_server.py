@@ -148,3 +148,44 @@ async def test_twenty_simultaneous_requests_with_one_key_have_exactly_one_effect
     assert wallet["balance"]["posted"] == 250
     transfers = (await client.get("/v1/transfers?account_id=wallet", headers=ledger.read)).json()
     assert len(transfers["data"]) == 1
+
+
+async def test_two_processes_on_one_database_file_never_overdraw_and_keep_time_in_order(
+    tmp_path: Path,
+) -> None:
+    first = start_server(tmp_path)
+    second = start_server(tmp_path)
+    try:
+        async with (
+            httpx.AsyncClient(base_url=first.base_url, timeout=30) as one,
+            httpx.AsyncClient(base_url=second.base_url, timeout=30) as two,
+        ):
+            ledger = await new_ledger(one)
+            await open_account(one, ledger.write, id="world", normal_balance="debit", min_balance=None)
+            await open_account(one, ledger.write, id="wallet")
+            await open_account(one, ledger.write, id="shop")
+            funded = await one.post(
+                "/v1/transfers",
+                json={"debit_account_id": "world", "credit_account_id": "wallet", "amount": 1000},
+                headers={**ledger.write, **idem()},
+            )
+            assert funded.status_code == 201
+            body = {"debit_account_id": "wallet", "credit_account_id": "shop", "amount": 100}
+            responses = await asyncio.gather(
+                *(
+                    client.post("/v1/transfers", json=body, headers={**ledger.write, **idem()})
+                    for client in [one, two] * 15
+                )
+            )
+            assert sorted(r.status_code for r in responses).count(201) == 10
+            assert all(r.status_code in (201, 422) for r in responses)
+            wallet = (await two.get("/v1/accounts/wallet", headers=ledger.read)).json()
+            assert wallet["balance"]["posted"] == 0
+            entries = (await one.get("/v1/accounts/shop/entries", headers=ledger.read)).json()
+    finally:
+        first.stop()
+        second.stop()
+    times = [entry["created_at"] for entry in entries["data"]]  # newest first
+    assert len(times) == 10
+    assert times == sorted(times, reverse=True)
+    assert len(set(times)) == len(times)

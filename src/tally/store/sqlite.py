@@ -35,6 +35,7 @@ from tally.store.database import SqlTransaction
 
 Clock = Callable[[], int]  # microseconds since the Unix epoch
 _PROGRESS_STEPS = 1000  # SQLite VM instructions between two deadline checks
+_LAST_EVENT = "SELECT pk, created_at FROM events WHERE pk = (SELECT max(pk) FROM events)"
 
 
 def wall_clock() -> int:
@@ -137,9 +138,16 @@ class SqliteDatabase:
     def position(self) -> str:
         return str(self._position)
 
+    def _catch_up(self, conn: Connection) -> None:
+        """Learn the newest commit of any process sharing the file (workers do), under the lock."""
+        last = conn.exec_driver_sql(_LAST_EVENT).first()
+        if last is not None:
+            self._position = max(self._position, last[0])
+            self._last_write_micros = max(self._last_write_micros, last[1])
+
     def _write_now(self) -> int:
-        # Monotonic within the process: a later commit never carries an earlier time, so
-        # ``as_of`` reads and orderings by time agree with commit order.
+        # Monotonic across every process writing the file: a later commit never carries an
+        # earlier time, so ``as_of`` reads and orderings by time agree with commit order.
         micros = max(self._clock(), self._last_write_micros + 1)
         self._last_write_micros = micros
         return micros
@@ -160,6 +168,7 @@ class SqliteDatabase:
             if conn is None:
                 raise RuntimeError("start() has not run")
             await self._begin(conn, time.monotonic() + remaining(self._lock_wait))
+            self._catch_up(conn)
             tx = SqlTransaction(SqliteConnection(conn), self._write_now)
             try:
                 with _interrupt_at_deadline(conn):
