@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -161,3 +162,28 @@ def start_server(
             time.sleep(0.1)
     server.stop()
     raise RuntimeError(f"tally serve did not become healthy: {log_path.read_text()}")
+
+
+RFC3339_UTC_MICROS = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
+
+
+def assert_problem(response: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
+    """A problem+json answer (RFC 9457) with ``status``, its ``code`` when given, and the request id."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body: dict[str, Any] = response.json()
+    if code is not None:
+        assert body["code"] == code, body
+    assert body["type"] == f"/problems/{body['code']}"
+    assert body["status"] == status
+    assert body["title"]
+    assert body["request_id"] == response.headers["x-request-id"]
+    return body
+
+
+async def funded_account(client: httpx.AsyncClient, keys: LedgerKeys, account_id: str, amount: int) -> None:
+    """Open ``world`` (unbounded, debit-normal) and ``account_id``, and move ``amount`` between them."""
+    await open_account(client, keys.write, id="world", normal_balance="debit", min_balance=None)
+    await open_account(client, keys.write, id=account_id)
+    funded = await transfer(client, keys.write, "world", account_id, amount)
+    assert funded.status_code == 201, funded.text

@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-import re
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.support import LedgerKeys, open_account, transfer
+from tests.support import RFC3339_UTC_MICROS, LedgerKeys, assert_problem, open_account, transfer
 
 MICROSECOND = timedelta(microseconds=1)
-RFC3339_UTC_MICROS = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
-
-
-def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    body: dict[str, Any] = response.json()
-    assert body["code"] == code, body
-    assert body["type"] == f"/problems/{code}"
-    assert body["status"] == status
-    return body
 
 
 async def get_account(client: httpx.AsyncClient, ledger: LedgerKeys, account_id: str) -> dict[str, Any]:

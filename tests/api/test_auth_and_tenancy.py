@@ -11,6 +11,7 @@ from tally.domain.keys import new_secret
 from tests.support import (
     ROOT,
     LedgerKeys,
+    assert_problem,
     bearer,
     idem,
     new_ledger,
@@ -19,17 +20,6 @@ from tests.support import (
 )
 
 KEY_FIELDS = {"id", "name", "scopes", "created_at", "revoked_at", "last_used_at"}
-
-
-def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    body: dict[str, Any] = response.json()
-    assert body["code"] == code, body
-    assert body["type"] == f"/problems/{code}"
-    assert body["status"] == status
-    assert body["request_id"] == response.headers["x-request-id"]
-    return body
 
 
 def secret_of(headers: dict[str, str]) -> str:

@@ -9,22 +9,11 @@ import httpx
 import orjson
 import pytest
 
-from tests.support import LedgerKeys, idem, open_account, transfer
+from tests.support import LedgerKeys, assert_problem, idem, open_account, transfer
 
 MIB = 1024 * 1024
 EXTRA_LEG = {"account_id": "bob", "direction": "credit", "amount": 5, "x": 1}
 INT64_MAX = 2**63 - 1
-
-
-def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    body: dict[str, Any] = response.json()
-    assert body["code"] == code, body
-    assert body["type"] == f"/problems/{code}"
-    assert body["status"] == status
-    assert body["request_id"] == response.headers["x-request-id"]
-    return body
 
 
 def assert_invalid(response: httpx.Response, field: str | None = None) -> None:

@@ -8,19 +8,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import ROOT, LedgerKeys, idem, new_ledger, open_account, transfer
+from tests.support import ROOT, LedgerKeys, assert_problem, idem, new_ledger, open_account, transfer
 
 PAYMENT = {"debit_account_id": "alice", "credit_account_id": "bob", "amount": 300}
-
-
-def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    body: dict[str, Any] = response.json()
-    assert body["code"] == code, body
-    assert body["type"] == f"/problems/{code}"
-    assert body["status"] == status
-    return body
 
 
 def replayed(response: httpx.Response) -> bool:

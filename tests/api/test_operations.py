@@ -3,28 +3,13 @@
 from __future__ import annotations
 
 import re
-from typing import Any
 
 import httpx
 import pytest
 
-from tests.support import ROOT, LedgerKeys, idem, open_account
+from tests.support import ROOT, LedgerKeys, assert_problem, idem, open_account
 
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-
-
-def assert_problem(response: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
-    """A problem+json answer with ``status``; its code is ``code`` when given."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    body: dict[str, Any] = response.json()
-    assert body["status"] == status
-    assert body["type"] == f"/problems/{body['code']}"
-    assert body["title"]
-    assert body["request_id"] == response.headers["x-request-id"]
-    if code is not None:
-        assert body["code"] == code
-    return body
 
 
 async def test_healthz_answers_200_without_a_key(client: httpx.AsyncClient) -> None:

@@ -16,6 +16,7 @@ from tests.support import (
     ROOT,
     Server,
     bearer,
+    funded_account,
     idem,
     new_ledger,
     open_account,
@@ -94,15 +95,8 @@ async def test_fifty_concurrent_debits_against_funds_for_ten_give_exactly_ten_su
 ) -> None:
     client = server_client
     ledger = await new_ledger(client)
-    await open_account(client, ledger.write, id="world", normal_balance="debit", min_balance=None)
-    await open_account(client, ledger.write, id="wallet")
+    await funded_account(client, ledger, "wallet", 1000)
     await open_account(client, ledger.write, id="shop")
-    funded = await client.post(
-        "/v1/transfers",
-        json={"debit_account_id": "world", "credit_account_id": "wallet", "amount": 1000},
-        headers={**ledger.write, **idem()},
-    )
-    assert funded.status_code == 201
 
     async def debit() -> httpx.Response:
         return await client.post(
@@ -161,15 +155,8 @@ async def test_two_processes_on_one_database_file_never_overdraw_and_keep_time_i
             httpx.AsyncClient(base_url=second.base_url, timeout=30) as two,
         ):
             ledger = await new_ledger(one)
-            await open_account(one, ledger.write, id="world", normal_balance="debit", min_balance=None)
-            await open_account(one, ledger.write, id="wallet")
+            await funded_account(one, ledger, "wallet", 1000)
             await open_account(one, ledger.write, id="shop")
-            funded = await one.post(
-                "/v1/transfers",
-                json={"debit_account_id": "world", "credit_account_id": "wallet", "amount": 1000},
-                headers={**ledger.write, **idem()},
-            )
-            assert funded.status_code == 201
             body = {"debit_account_id": "wallet", "credit_account_id": "shop", "amount": 100}
             responses = await asyncio.gather(
                 *(

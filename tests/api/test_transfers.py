@@ -3,26 +3,22 @@
 from __future__ import annotations
 
 import random
-import re
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.support import LedgerKeys, idem, new_ledger, open_account, transfer
+from tests.support import (
+    RFC3339_UTC_MICROS,
+    LedgerKeys,
+    assert_problem,
+    idem,
+    new_ledger,
+    open_account,
+    transfer,
+)
 
 INT64_MAX = 2**63 - 1
-RFC3339_UTC_MICROS = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
-
-
-def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    body: dict[str, Any] = response.json()
-    assert body["code"] == code, body
-    assert body["type"] == f"/problems/{code}"
-    assert body["status"] == status
-    return body
 
 
 def legs(*parts: tuple[str, str, int]) -> dict[str, Any]:

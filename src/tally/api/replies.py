@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 from base64 import urlsafe_b64decode, urlsafe_b64encode
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import orjson
@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from tally.api.problems import render_error
 from tally.domain.errors import IdempotencyKeyRequired, TallyError, ValidationFailed
 from tally.services.idempotency import IdempotencyKey, Outcome
-from tally.services.ports import Page, StoredReply
+from tally.services.ports import Page, StoredReply, Transaction
 
 T = TypeVar("T")
 _IDEMPOTENCY_KEY = re.compile(r"^[\x20-\x7e]{1,255}$")
@@ -78,6 +78,19 @@ def request_hash(model: BaseModel) -> bytes:
 def rejecter(request: Request) -> Callable[[TallyError], StoredReply]:
     rid = request_id(request)
     return lambda rejection: render_error(rejection, rid)
+
+
+async def run_write(
+    request: Request,
+    ledger_id: str,
+    action: Callable[[Transaction], Awaitable[StoredReply]],
+    *,
+    key_required: bool,
+) -> Outcome:
+    """Run ``action`` through the idempotent executor with the request's key (if any)."""
+    key = await idempotency_key(request, required=key_required)
+    outcome: Outcome = await request.app.state.tally.executor.run(ledger_id, key, action, rejecter(request))
+    return outcome
 
 
 def encode_cursor(position: int | None) -> str | None:

@@ -9,14 +9,13 @@ from fastapi import APIRouter, Query, Request, Response
 
 from tally.api.replies import (
     decode_cursor,
-    idempotency_key,
     json_reply,
     page_reply,
-    rejecter,
     request_hash,
     request_id,
     respond_json,
     respond_outcome,
+    run_write,
 )
 from tally.api.routing import Access, TallyRoute, access, ledger_of
 from tally.api.schemas import (
@@ -57,8 +56,7 @@ async def open_account(body: AccountCreate, request: Request) -> Response:
         )
         return json_reply(201 if created else 200, account_view(account))
 
-    key = await idempotency_key(request, required=False)
-    outcome = await request.app.state.tally.executor.run(ledger_id, key, action, rejecter(request))
+    outcome = await run_write(request, ledger_id, action, key_required=False)
     return respond_outcome(request, outcome)
 
 
@@ -110,8 +108,7 @@ async def change_account(account_id: str, body: AccountPatch, request: Request) 
         )
         return json_reply(200, account_view(account))
 
-    key = await idempotency_key(request, required=False)
-    outcome = await request.app.state.tally.executor.run(ledger_id, key, action, rejecter(request))
+    outcome = await run_write(request, ledger_id, action, key_required=False)
     return respond_outcome(request, outcome)
 
 

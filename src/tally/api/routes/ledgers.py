@@ -9,11 +9,10 @@ from fastapi import APIRouter, Query, Request, Response
 
 from tally.api.replies import (
     decode_cursor,
-    idempotency_key,
     json_reply,
     page_reply,
-    rejecter,
     respond_outcome,
+    run_write,
 )
 from tally.api.routing import Access, TallyRoute, access, principal
 from tally.api.schemas import KeyCreate, KeyCreated, KeyPage, LedgerCreate, LedgerOut
@@ -39,9 +38,7 @@ async def create_ledger(body: LedgerCreate, request: Request) -> Response:
     async def action(tx: Transaction) -> StoredReply:
         return json_reply(201, ledger_view(await ledgers.create_ledger(tx, body.name)))
 
-    tally = request.app.state.tally
-    key = await idempotency_key(request, required=False)
-    outcome = await tally.executor.run("", key, action, rejecter(request))
+    outcome = await run_write(request, "", action, key_required=False)
     return respond_outcome(request, outcome)
 
 
@@ -70,9 +67,7 @@ async def create_key(ledger_id: str, body: KeyCreate, request: Request) -> Respo
         }
         return json_reply(201, created)
 
-    tally = request.app.state.tally
-    key = await idempotency_key(request, required=False)
-    outcome = await tally.executor.run(ledger_id, key, action, rejecter(request))
+    outcome = await run_write(request, ledger_id, action, key_required=False)
     if shown and not outcome.replayed:
         created = orjson.loads(outcome.reply.body)
         created["key"] = shown[0]

@@ -8,14 +8,13 @@ from fastapi import APIRouter, Query, Request, Response
 
 from tally.api.replies import (
     decode_cursor,
-    idempotency_key,
     json_reply,
     page_reply,
-    rejecter,
     request_hash,
     request_id,
     respond_json,
     respond_outcome,
+    run_write,
 )
 from tally.api.routing import Access, TallyRoute, access, ledger_of
 from tally.api.schemas import ClientId, TransferCreate, TransferOut, TransferPage
@@ -65,8 +64,7 @@ async def create_transfer(body: TransferCreate, request: Request) -> Response:
         )
         return json_reply(201 if created else 200, transfer_view(transfer))
 
-    key = await idempotency_key(request, required=True)
-    outcome = await request.app.state.tally.executor.run(ledger_id, key, action, rejecter(request))
+    outcome = await run_write(request, ledger_id, action, key_required=True)
     return respond_outcome(request, outcome)
 
 
