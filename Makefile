@@ -17,7 +17,7 @@ lint: ## ruff, mypy --strict and the import-linter layer contracts
 	./scripts/bootstrap.sh dev
 	$(VENV)/ruff check src tests scripts
 	$(VENV)/ruff format --check src tests scripts
-	$(VENV)/mypy src tests
+	$(VENV)/mypy src tests scripts
 	$(VENV)/lint-imports
 
 format: ## Apply ruff's fixes and formatting
@@ -35,3 +35,4 @@ lock: ## Re-lock the Python dependencies (needs uv)
 bench: ## Sequential single transfers against a real server: transfers/s and P99
 	./scripts/bootstrap.sh dev
 	$(VENV)/python scripts/bench_sequential.py
+	$(VENV)/python scripts/bench_sequential.py --clients 16 --transfers 4000

@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.support import (
     ROOT,
@@ -22,6 +23,8 @@ from tests.support import (
     open_account,
     start_server,
 )
+
+pytestmark = pytest.mark.server
 
 _ROOT_KEY_LINE = re.compile(r"tally_root_[0-9A-Za-z]{36}")
 
