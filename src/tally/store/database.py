@@ -41,6 +41,7 @@ class SqlTransaction:
     """The unit of work of one database transaction (implements ``services.ports.Transaction``)."""
 
     def __init__(self, conn: SqlConnection, now: Callable[[], int]) -> None:
+        self.connection = conn  # for statements outside the repositories (jobs, plan checks)
         self._now = now
         self._at: datetime | None = None
         self._wrote = False
