@@ -35,3 +35,18 @@ def server(tmp_path: Path) -> Iterator[Server]:
 async def server_client(server: Server) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as c:
         yield c
+
+
+@pytest.fixture(params=["asgi", "server"])
+async def any_client(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    """The same test twice: over ASGI in process, and against a real ``tally serve`` process."""
+    if request.param == "asgi":
+        async with asgi_client(settings_for(tmp_path)) as c:
+            yield c
+        return
+    running = start_server(tmp_path)
+    try:
+        async with httpx.AsyncClient(base_url=running.base_url, timeout=30) as c:
+            yield c
+    finally:
+        running.stop()
