@@ -32,7 +32,8 @@ lock: ## Re-lock the Python dependencies (needs uv)
 	uv pip compile pyproject.toml --generate-hashes --python-version 3.11 -o requirements/runtime.lock
 	uv pip compile pyproject.toml --extra dev --generate-hashes --python-version 3.11 -o requirements/dev.lock
 
-bench: ## Single transfers against a real server (1 and 16 clients): transfers/s, P50, P99
+bench: ## The raw SQLite ceiling, then single transfers over HTTP (1 and 16 clients)
 	./scripts/bootstrap.sh dev
+	$(VENV)/python scripts/bench_ceiling.py
 	$(VENV)/python scripts/bench_sequential.py
 	$(VENV)/python scripts/bench_sequential.py --clients 16 --transfers 4000
