@@ -12,7 +12,7 @@ from tally.api.app import create_app
 from tally.config import Settings
 from tally.observability.logging import configure_logging, get_logger
 from tally.services.idempotency import IdempotentExecutor
-from tally.services.ledgers import Authenticator, KeyUsage, root_key_hash
+from tally.services.ledgers import ROOT_KEY_HASH, Authenticator, KeyUsage, root_key_hash
 from tally.store.sqlite import open_database
 
 _log = get_logger("tally")
@@ -81,7 +81,7 @@ class Tally:
     async def readiness(self) -> dict[str, str]:
         try:
             async with self.database.read() as tx:
-                await tx.instance.get("root_key_hash")
+                await tx.instance.get(ROOT_KEY_HASH)
         except Exception:
             return {"database": "down"}
         return {"database": "ok"}

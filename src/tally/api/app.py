@@ -18,10 +18,7 @@ from tally.api.replies import request_id, respond
 from tally.api.routes import accounts, ledgers, ops, transfers
 from tally.api.schemas import ProblemOut
 from tally.domain import errors
-from tally.observability.logging import get_logger
 from tally.services.ports import StoredReply
-
-_log = get_logger("tally.api")
 
 
 class Service(Protocol):

@@ -9,8 +9,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 
-from sqlalchemy.engine import make_url
-
 from tally.services.ports import (
     AccountRepository,
     ApiKeyRepository,
@@ -69,7 +67,3 @@ class SqlTransaction:
         if self._at is None:
             self._at = from_micros(self._now())
         return self._at
-
-
-def backend_of(url: str) -> str:
-    return make_url(url).get_backend_name()

@@ -16,7 +16,6 @@ waits are asynchronous:
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
@@ -233,9 +232,8 @@ class _interrupt_at_deadline:  # noqa: N801 - used as a context manager, reads l
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, _: Any) -> None:
         if self._deadline is not None:
             self._dbapi.set_progress_handler(None, _PROGRESS_STEPS)
+        # SQLAlchemy wraps the driver's "interrupted" error in its own OperationalError.
         if isinstance(error, OperationalError) and _is_interrupt(error):
-            raise DeadlineExceeded("The time budget ran out; nothing was applied.") from error
-        if isinstance(error, sqlite3.OperationalError) and "interrupted" in str(error):
             raise DeadlineExceeded("The time budget ran out; nothing was applied.") from error
 
 
