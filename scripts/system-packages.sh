@@ -4,6 +4,9 @@ set -euo pipefail
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 # command on PATH (or absolute path) -> Debian package that provides it
 declare -A wanted=(
+    [promtool]=prometheus            # `promtool test rules` over deploy/prometheus/alerts.yml
+    [chromium]=chromium              # the dashboard's browser test (headless)
+    [chromedriver]=chromium-driver   # ... driven through Selenium
 )
 missing=()
 for cmd in "${!wanted[@]}"; do
