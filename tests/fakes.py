@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, TypeVar
 
-from tally.domain.accounts import Account, AccountStatus, Balance
+from tally.domain.accounts import Account, AccountStatus, Balance, EntryKind
 from tally.domain.keys import ApiKey, Ledger
 from tally.domain.transfers import Transfer, TransferStatus
 from tally.services.ports import (
@@ -25,6 +25,8 @@ from tally.services.ports import (
     Entry,
     EntryRepository,
     EventRepository,
+    HeldLeg,
+    HoldRepository,
     IdempotencyRecord,
     IdempotencyRepository,
     InstanceRepository,
@@ -75,6 +77,7 @@ class State:
     accounts: dict[int, Account] = field(default_factory=dict)
     transfers: dict[int, Transfer] = field(default_factory=dict)
     transfer_accounts: dict[int, set[int]] = field(default_factory=dict)
+    holds: dict[tuple[int, int], HeldLeg] = field(default_factory=dict)
     entries: list[Entry] = field(default_factory=list)
     idempotency: dict[tuple[str, str], IdempotencyRecord] = field(default_factory=dict)
     events: list[StoredEvent] = field(default_factory=list)
@@ -188,7 +191,9 @@ class FakeAccountRepository(_Repository):
 
 
 class FakeTransferRepository(_Repository):
-    async def add(self, transfer: Transfer, account_pks: dict[str, int]) -> Transfer:
+    async def add(
+        self, transfer: Transfer, account_pks: dict[str, int], *, reverses_pk: int | None = None
+    ) -> Transfer:
         if await self.get(transfer.ledger_id, transfer.id) is not None:
             raise ValueError(f"duplicate transfer id {transfer.id}")
         self._written()
@@ -201,12 +206,23 @@ class FakeTransferRepository(_Repository):
         rows = self._state.transfers.values()
         return next((t for t in rows if (t.ledger_id, t.id) == (ledger_id, transfer_id)), None)
 
+    async def lock(self, ledger_id: str, transfer_id: str) -> Transfer | None:
+        return await self.get(ledger_id, transfer_id)  # writes are serialised: locked already
+
+    async def lock_by_pk(self, pk: int) -> Transfer | None:
+        return self._state.transfers.get(pk)
+
+    async def save(self, transfer: Transfer) -> None:
+        self._written()
+        self._state.transfers[transfer.pk] = transfer
+
     async def list(
         self,
         ledger_id: str,
         *,
         account_pk: int | None,
         status: TransferStatus | None,
+        now: datetime,
         before: int | None,
         limit: int,
     ) -> Page[Transfer]:
@@ -215,7 +231,7 @@ class FakeTransferRepository(_Repository):
             for pk, t in sorted(self._state.transfers.items(), reverse=True)
             if t.ledger_id == ledger_id
             and (account_pk is None or account_pk in self._state.transfer_accounts[pk])
-            and status in (None, t.status)
+            and status in (None, t.seen_at(now).status)
             and (before is None or pk < before)
         )
         return _page(rows, limit, lambda t: t.pk)
@@ -227,7 +243,14 @@ class FakeEntryRepository(_Repository):
         transfer_id = self._state.transfers[transfer_pk].id
         for new in entries:
             after = new.balance_after
-            posting = (self._state.take_pk(), new.account_pk, transfer_id, new.direction, new.amount)
+            posting = (
+                self._state.take_pk(),
+                new.account_pk,
+                transfer_id,
+                new.kind,
+                new.direction,
+                new.amount,
+            )
             balance = (after.posted, after.pending_debits, after.pending_credits, new.account_version)
             self._state.entries.append(Entry(*posting, *balance, at))
 
@@ -235,7 +258,9 @@ class FakeEntryRepository(_Repository):
         rows = (
             e
             for e in reversed(self._state.entries)
-            if e.account_pk == account_pk and (before is None or e.pk < before)
+            if e.account_pk == account_pk
+            and e.kind is EntryKind.POSTING
+            and (before is None or e.pk < before)
         )
         return _page(rows, limit, lambda e: e.pk)
 
@@ -246,6 +271,33 @@ class FakeEntryRepository(_Repository):
         last = max(found, key=lambda e: (e.created_at, e.pk))
         balance = Balance(last.posted_after, last.pending_debits_after, last.pending_credits_after)
         return BalanceAt(balance, last.account_version)
+
+
+class FakeHoldRepository(_Repository):
+    async def add(self, legs: Sequence[HeldLeg]) -> None:
+        self._written()
+        for leg in legs:
+            self._state.holds[leg.transfer_pk, leg.account_pk] = leg
+
+    async def remove(self, transfer_pk: int) -> None:
+        self._written()
+        for slot in [slot for slot in self._state.holds if slot[0] == transfer_pk]:
+            del self._state.holds[slot]
+
+    async def due(self, account_pks: Sequence[int], at: datetime) -> list[HeldLeg]:
+        return [
+            leg
+            for leg in self._state.holds.values()
+            if leg.account_pk in account_pks and leg.expires_at is not None and leg.expires_at <= at
+        ]
+
+    async def expiring(self, at: datetime, limit: int) -> list[int]:
+        due = sorted(
+            (leg.expires_at, leg.transfer_pk)
+            for leg in self._state.holds.values()
+            if leg.expires_at is not None and leg.expires_at <= at
+        )
+        return list(dict.fromkeys(pk for _, pk in due))[:limit]
 
 
 class FakeIdempotencyRepository(_Repository):
@@ -292,6 +344,7 @@ class FakeTransaction:
         self.keys: ApiKeyRepository = FakeApiKeyRepository(self)
         self.accounts: AccountRepository = FakeAccountRepository(self)
         self.transfers: TransferRepository = FakeTransferRepository(self)
+        self.holds: HoldRepository = FakeHoldRepository(self)
         self.entries: EntryRepository = FakeEntryRepository(self)
         self.idempotency: IdempotencyRepository = FakeIdempotencyRepository(self)
         self.events: EventRepository = FakeEventRepository(self)

@@ -76,7 +76,7 @@ async def post_raw(
         ("/v1/accounts", {"currency": "USD", "version": 3}, "version"),
         ("/v1/accounts", {"currency": "USD", "balance": {"posted": 10}}, "balance"),
         ("/v1/accounts", {"currency": "USD", "status": "frozen"}, "status"),
-        ("/v1/transfers", simple(pending=True), "pending"),
+        ("/v1/transfers", simple(status="pending"), "status"),
         ("/v1/transfers", simple(expires_at="2999-01-01T00:00:00Z"), "expires_at"),
         ("/v1/transfers", simple(status="posted"), "status"),
         ("/v1/transfers", {"legs": [*legs(("alice", "debit", 5))["legs"], EXTRA_LEG]}, "x"),

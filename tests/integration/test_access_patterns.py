@@ -8,7 +8,9 @@ an index fails here without anyone listing it first.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from sqlalchemy import event
 
 from tally.api.app import create_app
 from tally.bootstrap import Tally
+from tally.services.holds import expire_due_holds
 from tests.support import ROOT, idem, new_ledger, open_account, settings_for, transfer
 
 # The access patterns of docs/data-model.md whose index is not the only one that could answer:
@@ -27,7 +30,9 @@ EXPECTED = [
     ("lock a transfer's accounts", "accounts.id IN (", "(ledger_id=? AND id=?)"),
     ("authenticate a key", "api_keys.secret_hash = ?", "(secret_hash=?)"),
     ("balance as of a moment", "entries.created_at <= ?", "(account_pk=? AND created_at<?)"),
-    ("entries of an account", "FROM entries JOIN transfers", "ix_entries_account_pk_pk"),
+    ("entries of an account", "FROM entries JOIN transfers", "ix_entries_account_pk_kind_pk"),
+    ("due holds on accounts", "holds.account_pk IN (", "ix_holds_account_pk_expires_at"),
+    ("holds due for the sweeper", "ORDER BY holds.expires_at", "ix_holds_expires_at"),
     ("transfers of an account", "transfer_legs.account_pk = ?", "ix_transfer_legs_account_pk"),
     ("idempotency record", "FROM idempotency_keys", "(ledger_id=? AND key=?)"),
 ]
@@ -59,6 +64,7 @@ async def _workload(client: httpx.AsyncClient) -> None:
     await transfer(client, ledger.write, names[0], names[1], 10**9)  # insufficient funds
     await client.post("/v1/transfers", json={**body, "id": "t-1"}, headers={**ledger.write, **idem()})
     await client.post("/v1/transfers", json={**body, "id": "t-1"}, headers={**ledger.write, **idem()})
+    await _holds_and_reversals(client, ledger.write, names)
     await client.patch(f"/v1/accounts/{names[2]}", json={"metadata": {"a": 1}}, headers=ledger.write)
     await client.patch(f"/v1/accounts/{names[2]}", json={"status": "frozen"}, headers=ledger.write)
     first = (await client.get("/v1/transfers?limit=1", headers=ledger.read)).json()
@@ -74,6 +80,8 @@ async def _workload(client: httpx.AsyncClient) -> None:
         f"/v1/transfers?cursor={first['next_cursor']}",
         f"/v1/transfers?account_id={names[0]}&limit=2",
         "/v1/transfers?status=posted",
+        "/v1/transfers?status=pending",
+        "/v1/transfers?status=expired",
         f"/v1/transfers/{first['data'][0]['id']}",
     ]
     for path in reads:
@@ -88,6 +96,37 @@ async def _workload(client: httpx.AsyncClient) -> None:
     assert (
         await client.delete(f"/v1/ledgers/{ledger.ledger_id}/keys/{key_id}", headers=ROOT)
     ).status_code == 204
+
+
+async def _holds_and_reversals(client: httpx.AsyncClient, write: dict[str, str], names: list[str]) -> None:
+    def hold(amount: int, **extra: Any) -> dict[str, Any]:
+        return {
+            "debit_account_id": names[0],
+            "credit_account_id": names[1],
+            "amount": amount,
+            "pending": True,
+            **extra,
+        }
+
+    async def post(path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        response = await client.post(path, json=body, headers={**write, **idem()})
+        assert response.is_success, response.text
+        result: dict[str, Any] = response.json()
+        return result
+
+    soon = (datetime.now(UTC) + timedelta(milliseconds=200)).isoformat()
+    await post("/v1/transfers", hold(1, expires_at=soon))
+    first = await post("/v1/transfers", hold(3))
+    second = await post("/v1/transfers", hold(2))
+    await post(f"/v1/transfers/{first['id']}/post", {"amount": 2})
+    await post(f"/v1/transfers/{second['id']}/void")
+    await post(f"/v1/transfers/{first['id']}/reverse", {"amount": 1})
+    await post("/v1/transfers/batch", {"transfers": [hold(1), hold(1, id="b-1")], "atomic": True})
+    await asyncio.sleep(0.3)  # the first hold is due now: reads see it expired, writes sweep it
+    assert (await client.get("/v1/transfers?status=expired", headers=write)).json()["data"]
+    await post(
+        "/v1/transfers", hold(1, expires_at=(datetime.now(UTC) + timedelta(milliseconds=50)).isoformat())
+    )
 
 
 async def test_every_query_of_the_api_is_served_by_an_index(tmp_path: Path) -> None:
@@ -106,6 +145,8 @@ async def test_every_query_of_the_api_is_served_by_an_index(tmp_path: Path) -> N
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://tally") as client:
             await _workload(client)
+            await asyncio.sleep(0.1)
+            assert await expire_due_holds(tally.database) == 1  # the sweeper's own queries
 
     assert len(seen) >= 15, "the workload should reach every repository query"
     connection = sqlite3.connect(tmp_path / "tally.db")

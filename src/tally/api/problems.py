@@ -202,6 +202,72 @@ _ROWS: list[tuple[type[e.TallyError] | None, Problem]] = [
         ),
     ),
     (
+        e.TransferNotPending,
+        Problem(
+            "transfer_not_pending",
+            409,
+            "The transfer is not pending",
+            "Only a pending transfer (a hold) can be posted or voided, and only once; a hold whose "
+            "`expires_at` has passed has expired. Read the transfer to see its status.",
+        ),
+    ),
+    (
+        e.TransferNotPosted,
+        Problem(
+            "transfer_not_posted",
+            409,
+            "The transfer is not posted",
+            "Only a posted transfer can be reversed. Post a pending transfer first, or void it.",
+        ),
+    ),
+    (
+        e.AmountExceedsPending,
+        Problem(
+            "amount_exceeds_pending",
+            422,
+            "The amount is more than the hold",
+            "Post at most the held amount; omit `amount` to post all of it.",
+        ),
+    ),
+    (
+        e.PartialPostNotSupported,
+        Problem(
+            "partial_post_not_supported",
+            422,
+            "A multi-leg hold posts in full only",
+            "Omit `amount` to post the whole hold, or void it and place the hold you want to post.",
+        ),
+    ),
+    (
+        e.ReversalExceedsOriginal,
+        Problem(
+            "reversal_exceeds_original",
+            422,
+            "The reversal is more than what is left",
+            "All reversals of a transfer together may not exceed it; its `reversed_amount` shows what "
+            "has been reversed so far.",
+        ),
+    ),
+    (
+        e.PartialReversalNotSupported,
+        Problem(
+            "partial_reversal_not_supported",
+            422,
+            "A multi-leg transfer reverses in full only",
+            "Omit `amount` to reverse the whole transfer, then post the part that should stand.",
+        ),
+    ),
+    (
+        e.BatchFailed,
+        Problem(
+            "batch_failed",
+            422,
+            "Some transfers of the batch failed",
+            "Nothing of the batch was applied. `errors` lists each failed transfer by `index` with its "
+            "`code`; fix them and send the batch again (with a new Idempotency-Key).",
+        ),
+    ),
+    (
         None,
         Problem(
             "rate_limited",
@@ -274,4 +340,13 @@ def render_error(error: e.TallyError, request_id: str | None) -> StoredReply:
     errors: list[dict[str, object]] | None = None
     if isinstance(error, e.ValidationFailed):
         errors = [{"loc": list(f.loc), "msg": f.msg} for f in error.errors]
+    elif isinstance(error, e.BatchFailed):
+        errors = [
+            {
+                "index": index,
+                "code": problem_for(failure).code,
+                "detail": failure.detail or problem_for(failure).title,
+            }
+            for index, failure in error.failures
+        ]
     return StoredReply(problem.status, problem_body(problem, error.detail, request_id, errors))

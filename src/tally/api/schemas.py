@@ -13,9 +13,11 @@ from typing import Annotated, Any, Literal
 
 import orjson
 from pydantic import (
+    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     StringConstraints,
     field_validator,
     model_validator,
@@ -29,6 +31,7 @@ from tally.domain.money import CURRENCY_PATTERN, INT64_MAX, INT64_MIN, MAX_AMOUN
 MAX_METADATA_BYTES = 8 * 1024
 MAX_METADATA_DEPTH = 5
 MAX_LEGS = 64
+MAX_BATCH = 1000
 
 Amount = Annotated[int, Field(strict=True, ge=1, le=MAX_AMOUNT, examples=[1500])]
 Int64 = Annotated[int, Field(strict=True, ge=INT64_MIN, le=INT64_MAX)]
@@ -144,6 +147,10 @@ class TransferCreate(Metadata):
     currency: Currency | None = None
     legs: list[LegIn] | None = Field(default=None, min_length=2, max_length=MAX_LEGS)
     description: Description | None = None
+    pending: StrictBool = Field(default=False, description="Place a hold instead of posting.")
+    expires_at: AwareDatetime | None = Field(
+        default=None, description="When a hold ends by itself; must be in the future (database clock)."
+    )
 
     @model_validator(mode="after")
     def _one_form(self) -> TransferCreate:
@@ -154,6 +161,26 @@ class TransferCreate(Metadata):
         elif any(v is None for v in simple):
             raise ValueError("debit_account_id, credit_account_id and amount are required without legs")
         return self
+
+
+class HoldPost(Strict):
+    amount: Amount | None = Field(
+        default=None, description="Post part of a two-leg hold (the rest is released); omit to post it all."
+    )
+
+
+class HoldVoid(Strict):
+    """No fields: the body may be omitted or ``{}``."""
+
+
+class TransferReverse(Strict):
+    amount: Amount | None = Field(default=None, description="Omit to reverse all that is left.")
+    description: Description | None = None
+
+
+class TransferBatch(Strict):
+    transfers: list[TransferCreate] = Field(min_length=1, max_length=MAX_BATCH)
+    atomic: StrictBool = Field(description="true: all or nothing; false: each transfer on its own.")
 
 
 # ---- responses (documentation of the shapes in services.views) ----------------------------------
@@ -243,6 +270,9 @@ class TransferOut(BaseModel):
     metadata: dict[str, Any]
     reverses: str | None
     reversed_amount: int
+    held_amount: int | None = Field(
+        description="What a two-leg hold held (after a partial post, more than amount)."
+    )
     expires_at: datetime | None
     created_at: datetime
     posted_at: datetime | None
@@ -268,9 +298,31 @@ class KeyPage(BaseModel):
     next_cursor: str | None
 
 
+class ItemErrorOut(BaseModel):
+    code: str
+    detail: str
+
+
+class BatchResultOut(BaseModel):
+    index: int
+    status: Literal["created", "exists", "error"]
+    transfer: TransferOut | None = None
+    error: ItemErrorOut | None = None
+
+
+class BatchOut(BaseModel):
+    results: list[BatchResultOut]
+
+
 class FieldErrorOut(BaseModel):
     loc: list[str | int]
     msg: str
+
+
+class BatchFailureOut(BaseModel):
+    index: int
+    code: str
+    detail: str
 
 
 class ProblemOut(BaseModel):
@@ -280,4 +332,6 @@ class ProblemOut(BaseModel):
     detail: str
     code: str
     request_id: str | None
-    errors: list[FieldErrorOut] | None = None
+    errors: list[FieldErrorOut] | list[BatchFailureOut] | None = Field(
+        default=None, description="validation_error: fields; batch_failed: the failed transfers."
+    )

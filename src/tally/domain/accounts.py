@@ -35,6 +35,14 @@ class Direction(StrEnum):
     CREDIT = "credit"
 
 
+class EntryKind(StrEnum):
+    """What an entry records: a posting (moves ``posted``), a hold placed, or a hold released."""
+
+    POSTING = "posting"
+    HOLD = "hold"
+    RELEASE = "release"
+
+
 class AccountStatus(StrEnum):
     OPEN = "open"
     FROZEN = "frozen"
@@ -59,6 +67,19 @@ class Balance:
     @property
     def is_zero(self) -> bool:
         return self.posted == 0 and self.pending_debits == 0 and self.pending_credits == 0
+
+    def moved(self, side: NormalBalance, kind: EntryKind, direction: Direction, amount: int) -> Balance:
+        """This balance after one movement; every part is checked against the 64-bit range.
+
+        A posting moves ``posted``; a hold adds to the pending side of its direction; a release
+        takes a hold (or what is left of it) back off that side.
+        """
+        if kind is EntryKind.POSTING:
+            return replace(self, posted=checked(self.posted + signed(side, direction, amount)))
+        sign = 1 if kind is EntryKind.HOLD else -1
+        if direction is Direction.DEBIT:
+            return replace(self, pending_debits=checked(self.pending_debits + sign * amount))
+        return replace(self, pending_credits=checked(self.pending_credits + sign * amount))
 
 
 def signed(side: NormalBalance, direction: Direction, amount: int) -> int:
@@ -115,14 +136,21 @@ class Account:
     def post(self, direction: Direction, amount: int) -> Account:
         """This account after ``amount`` is posted to it; refuses a frozen, closed or out-of-bounds result."""
         self.require_open()
-        posted = checked(self.balance.posted + signed(self.normal_balance, direction, amount))
-        return self.with_balance(replace(self.balance, posted=posted))
+        return self.with_balance(
+            self.balance.moved(self.normal_balance, EntryKind.POSTING, direction, amount)
+        )
 
-    def with_balance(self, balance: Balance) -> Account:
-        """A new balance, checked against the bounds and the 64-bit range; the version moves by one."""
+    def with_balance(self, balance: Balance, *, check_bounds: bool = True) -> Account:
+        """A new balance, checked against the 64-bit range and (unless told not to) the bounds.
+
+        The version moves by one. Only a release skips the bounds: taking a hold back lowers pending
+        outflows or inflows, which can only bring a balance further inside its bounds, and a release
+        (a void, an expiry) must never be refused.
+        """
         checked(balance.available(self.normal_balance))
         checked(balance.posted + balance.pending_inflows(self.normal_balance))
-        self.bounds.admit(self.normal_balance, balance)
+        if check_bounds:
+            self.bounds.admit(self.normal_balance, balance)
         return replace(self, balance=balance, version=self.version + 1)
 
     def require_open(self) -> None:

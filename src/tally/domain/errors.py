@@ -26,7 +26,14 @@ exactly one problem ``code`` and HTTP status. Services and adapters raise these,
     │   ├── AccountNotOpen           422 account_not_open
     │   ├── CurrencyMismatch         422 currency_mismatch
     │   ├── InsufficientFunds        422 insufficient_funds
-    │   └── AmountOverflow           422 amount_overflow
+    │   ├── AmountOverflow           422 amount_overflow
+    │   ├── TransferNotPending       409 transfer_not_pending
+    │   ├── TransferNotPosted        409 transfer_not_posted
+    │   ├── AmountExceedsPending     422 amount_exceeds_pending
+    │   ├── PartialPostNotSupported  422 partial_post_not_supported
+    │   ├── ReversalExceedsOriginal  422 reversal_exceeds_original
+    │   ├── PartialReversalNotSupported  422 partial_reversal_not_supported
+    │   └── BatchFailed              422 batch_failed (with the failure of each item)
     └── ServiceError                 the service cannot answer now; nothing was applied
         ├── Unavailable              503 unavailable
         └── DeadlineExceeded         504 deadline_exceeded
@@ -146,6 +153,41 @@ class InsufficientFunds(Rejection):
 
 class AmountOverflow(Rejection):
     pass
+
+
+class TransferNotPending(Rejection):
+    pass
+
+
+class TransferNotPosted(Rejection):
+    pass
+
+
+class AmountExceedsPending(Rejection):
+    pass
+
+
+class PartialPostNotSupported(Rejection):
+    pass
+
+
+class ReversalExceedsOriginal(Rejection):
+    pass
+
+
+class PartialReversalNotSupported(Rejection):
+    pass
+
+
+class BatchFailed(Rejection):
+    """An atomic batch in which some items failed; nothing of it was applied.
+
+    ``failures`` holds each failed item's index and error, in item order.
+    """
+
+    def __init__(self, failures: list[tuple[int, TallyError]]) -> None:
+        super().__init__(f"{len(failures)} of the batch's transfers failed; none was applied.")
+        self.failures = failures
 
 
 class ServiceError(TallyError):

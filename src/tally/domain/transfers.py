@@ -3,18 +3,21 @@
 A ``TransferRequest`` is what a client asked for, checked on its own (``check``); ``plan`` then
 checks it against the locked accounts and returns every account's new state, so that a store can
 write all of it or nothing. Nothing is written before every rule has passed.
+
+A pending request places a hold: its legs add to the accounts' pending sides instead of ``posted``
+(ADR 0014). ``tally.domain.holds`` resolves holds; ``tally.domain.reversals`` corrects postings.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from tally.domain.accounts import Account, Direction
+from tally.domain.accounts import Account, Direction, EntryKind
 from tally.domain.errors import (
     AccountNotFound,
     CurrencyMismatch,
@@ -23,6 +26,7 @@ from tally.domain.errors import (
     UnbalancedTransfer,
     ValidationFailed,
 )
+from tally.domain.postings import Change, Movement, apply
 
 
 class TransferStatus(StrEnum):
@@ -49,9 +53,13 @@ class TransferRequest:
     description: str | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
     simple: bool = False
+    pending: bool = False
+    expires_at: datetime | None = None
 
     def check(self) -> None:
         """The rules decided by the body alone: two or more legs, no account twice, balanced."""
+        if self.expires_at is not None and not self.pending:
+            raise ValidationFailed.at(("body", "expires_at"), "Only a pending transfer (a hold) expires.")
         if len(self.legs) < 2:
             raise ValidationFailed.at(("body", "legs"), "A transfer needs at least two legs.")
         seen: set[str] = set()
@@ -92,14 +100,39 @@ class Transfer:
     created_at: datetime
     posted_at: datetime | None
     request_hash: bytes | None = None
+    held_amount: int | None = None  # what a two-leg hold held; its legs show what was posted
+
+    @property
+    def is_simple(self) -> bool:
+        """Two legs, one debit and one credit: the transfer also reads in the simple form."""
+        return len(self.legs) == 2 and self.legs[0].direction is not self.legs[1].direction
+
+    @property
+    def amount(self) -> int:
+        """The sum of the debit legs (for a simple transfer, its amount)."""
+        return sum(leg.amount for leg in self.legs if leg.direction is Direction.DEBIT)
+
+    def is_due(self, now: datetime) -> bool:
+        """A hold whose ``expires_at`` has come: from that instant it reads, and acts, as expired."""
+        return (
+            self.status is TransferStatus.PENDING and self.expires_at is not None and self.expires_at <= now
+        )
+
+    def seen_at(self, now: datetime) -> Transfer:
+        """The transfer as it reads at ``now``: a due hold is expired, whether or not it was swept."""
+        return replace(self, status=TransferStatus.EXPIRED) if self.is_due(now) else self
 
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """What a transfer does: its legs with currencies, and each touched account after it."""
+    """What a transfer does: its legs with currencies, and the change to the accounts."""
 
     legs: tuple[Leg, ...]
-    accounts: tuple[Account, ...]
+    change: Change
+
+    @property
+    def accounts(self) -> tuple[Account, ...]:
+        return tuple(self.change.accounts.values())
 
 
 def plan(request: TransferRequest, accounts: Mapping[str, Account]) -> Plan:
@@ -116,8 +149,9 @@ def plan(request: TransferRequest, accounts: Mapping[str, Account]) -> Plan:
     for leg in request.legs:
         accounts[leg.account_id].require_open()
     _check_currencies(request, legs)
-    after = tuple(accounts[leg.account_id].post(leg.direction, leg.amount) for leg in legs)
-    return Plan(tuple(legs), after)
+    kind = EntryKind.HOLD if request.pending else EntryKind.POSTING
+    movements = [Movement(leg.account_id, kind, leg.direction, leg.amount) for leg in legs]
+    return Plan(tuple(legs), apply(accounts, movements, check_bounds=True))
 
 
 def _check_currencies(request: TransferRequest, legs: list[Leg]) -> None:

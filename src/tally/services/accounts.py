@@ -11,6 +11,7 @@ from tally.domain.accounts import Account, AccountStatus, Balance, Bounds, Norma
 from tally.domain.errors import IdConflict, NotFound
 from tally.domain.ids import new_id
 from tally.services.ports import Database, Entry, NewEvent, Page, Transaction
+from tally.services.postings import lock_accounts, seen
 from tally.services.views import account_view
 
 
@@ -94,7 +95,8 @@ async def change_account(
     *,
     request_id: str | None,
 ) -> Account:
-    locked = await tx.accounts.lock(ledger_id, [account_id])
+    # Sweeping first: a hold that has expired no longer stands in the way of closing.
+    locked = await lock_accounts(tx, ledger_id, [account_id], await tx.now())
     account = locked.get(account_id)
     if account is None:
         raise NotFound(f"Account {account_id} does not exist.")
@@ -118,7 +120,9 @@ async def change_account(
 
 async def get_account(database: Database, ledger_id: str, account_id: str) -> Account:
     async with database.read() as tx:
-        return await _existing(tx, ledger_id, account_id)
+        account = await _existing(tx, ledger_id, account_id)
+        [current] = await seen(tx, [account], await tx.now())
+        return current
 
 
 async def _existing(tx: Transaction, ledger_id: str, account_id: str) -> Account:
@@ -138,23 +142,28 @@ async def list_accounts(
     limit: int,
 ) -> Page[Account]:
     async with database.read() as tx:
-        return await tx.accounts.list(ledger_id, currency=currency, status=status, after=after, limit=limit)
+        page = await tx.accounts.list(ledger_id, currency=currency, status=status, after=after, limit=limit)
+        return Page(await seen(tx, page.items, await tx.now()), page.next_after)
 
 
 async def balance_as_of(
     database: Database, ledger_id: str, account_id: str, as_of: datetime | None
 ) -> BalanceAsOf:
-    """The balance now, or after the last posting at or before ``as_of``."""
+    """The balance now, or after the last change at or before ``as_of``.
+
+    Holds due by that moment count as released, swept or not (ADR 0014).
+    """
     async with database.read() as tx:
         account = await _existing(tx, ledger_id, account_id)
-        if as_of is None:
-            return BalanceAsOf(account, account.balance, account.version, await tx.now())
-        # Every change of a balance wrote an entry carrying the balance after it, so the last entry
-        # at or before ``as_of`` is the answer, for a past moment as for a future one.
-        past = await tx.entries.balance_at(account.pk, as_of)
-        if past is None:
-            return BalanceAsOf(account, Balance(), 0, as_of)
-        return BalanceAsOf(account, past.balance, past.version, as_of)
+        at = await tx.now() if as_of is None else as_of
+        if as_of is not None:
+            # Every change of a balance wrote an entry carrying the balance after it, so the last
+            # entry at or before ``as_of`` is the answer, for a past moment as for a future one.
+            past = await tx.entries.balance_at(account.pk, as_of)
+            balance, version = (past.balance, past.version) if past is not None else (Balance(), 0)
+            account = replace(account, balance=balance, version=version)
+        [current] = await seen(tx, [account], at)
+        return BalanceAsOf(current, current.balance, current.version, at)
 
 
 async def list_entries(

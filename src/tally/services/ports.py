@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, Protocol, TypeVar
 
-from tally.domain.accounts import Account, AccountStatus, Balance, Direction
+from tally.domain.accounts import Account, AccountStatus, Balance, Direction, EntryKind
 from tally.domain.keys import ApiKey, Ledger
 from tally.domain.transfers import Transfer, TransferStatus
 
@@ -34,11 +34,15 @@ class Page(Generic[T]):
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One posting to one account: the append-only record its balance is the sum of."""
+    """One movement of one account's balance: the append-only record its balance is the sum of.
+
+    Postings move ``posted``; holds and releases move the pending sides (ADR 0014).
+    """
 
     pk: int
     account_pk: int
     transfer_id: str
+    kind: EntryKind
     direction: Direction
     amount: int
     posted_after: int
@@ -51,6 +55,7 @@ class Entry:
 @dataclass(frozen=True, slots=True)
 class NewEntry:
     account_pk: int
+    kind: EntryKind
     direction: Direction
     amount: int
     balance_after: Balance
@@ -63,6 +68,17 @@ class BalanceAt:
 
     balance: Balance
     version: int
+
+
+@dataclass(frozen=True, slots=True)
+class HeldLeg:
+    """One leg of an open hold: what it holds on one account, and when it expires."""
+
+    transfer_pk: int
+    account_pk: int
+    direction: Direction
+    amount: int
+    expires_at: datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,11 +151,25 @@ class AccountRepository(Protocol):
 
 
 class TransferRepository(Protocol):
-    async def add(self, transfer: Transfer, account_pks: dict[str, int]) -> Transfer:
+    async def add(
+        self, transfer: Transfer, account_pks: dict[str, int], *, reverses_pk: int | None = None
+    ) -> Transfer:
         """Insert the transfer and its legs; return it with its ``pk``."""
         ...
 
-    async def get(self, ledger_id: str, transfer_id: str) -> Transfer | None: ...
+    async def get(self, ledger_id: str, transfer_id: str) -> Transfer | None:
+        """The transfer as stored: a due hold still reads ``pending`` here (see ``Transfer.seen_at``)."""
+        ...
+
+    async def lock(self, ledger_id: str, transfer_id: str) -> Transfer | None:
+        """The transfer, locked for update until the transaction ends."""
+        ...
+
+    async def lock_by_pk(self, pk: int) -> Transfer | None: ...
+
+    async def save(self, transfer: Transfer) -> None:
+        """Write status, ``posted_at``, ``held_amount``, ``reversed_amount`` and the leg amounts."""
+        ...
 
     async def list(
         self,
@@ -147,16 +177,37 @@ class TransferRepository(Protocol):
         *,
         account_pk: int | None,
         status: TransferStatus | None,
+        now: datetime,
         before: int | None,
         limit: int,
-    ) -> Page[Transfer]: ...
+    ) -> Page[Transfer]:
+        """Newest first; ``status`` filters on the status as read at ``now`` (due holds are expired)."""
+        ...
+
+
+class HoldRepository(Protocol):
+    """The open holds, one row per leg: the working set that expiry is decided from."""
+
+    async def add(self, legs: Sequence[HeldLeg]) -> None: ...
+
+    async def remove(self, transfer_pk: int) -> None:
+        """Forget a hold that resolved (posted, voided or expired)."""
+        ...
+
+    async def due(self, account_pks: Sequence[int], at: datetime) -> list[HeldLeg]:
+        """The legs on these accounts of holds whose ``expires_at`` is at or before ``at``."""
+        ...
+
+    async def expiring(self, at: datetime, limit: int) -> list[int]:
+        """Transfer pks of holds due at ``at``, oldest expiry first, at most ``limit``."""
+        ...
 
 
 class EntryRepository(Protocol):
     async def add(self, transfer_pk: int, entries: Sequence[NewEntry], at: datetime) -> None: ...
 
     async def list(self, account_pk: int, *, before: int | None, limit: int) -> Page[Entry]:
-        """Entries of one account, newest first."""
+        """The postings of one account, newest first (holds and releases are not listed)."""
         ...
 
     async def balance_at(self, account_pk: int, at: datetime) -> BalanceAt | None:
@@ -189,6 +240,7 @@ class Transaction(Protocol):
     keys: ApiKeyRepository
     accounts: AccountRepository
     transfers: TransferRepository
+    holds: HoldRepository
     entries: EntryRepository
     idempotency: IdempotencyRepository
     events: EventRepository

@@ -88,6 +88,7 @@ def transfer_view(transfer: Transfer) -> JsonObject:
             "metadata": transfer.metadata,
             "reverses": transfer.reverses,
             "reversed_amount": transfer.reversed_amount,
+            "held_amount": transfer.held_amount,
             "expires_at": timestamp(transfer.expires_at),
             "created_at": timestamp(transfer.created_at),
             "posted_at": timestamp(transfer.posted_at),

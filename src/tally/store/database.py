@@ -14,6 +14,7 @@ from tally.services.ports import (
     ApiKeyRepository,
     EntryRepository,
     EventRepository,
+    HoldRepository,
     IdempotencyRepository,
     InstanceRepository,
     LedgerRepository,
@@ -27,6 +28,7 @@ from tally.store.repositories.entries import (
     SqlEventRepository,
     SqlIdempotencyRepository,
 )
+from tally.store.repositories.holds import SqlHoldRepository
 from tally.store.repositories.ledgers import (
     SqlApiKeyRepository,
     SqlInstanceRepository,
@@ -48,6 +50,7 @@ class SqlTransaction:
         self.keys: ApiKeyRepository = SqlApiKeyRepository(conn, self)
         self.accounts: AccountRepository = SqlAccountRepository(conn, self)
         self.transfers: TransferRepository = SqlTransferRepository(conn, self)
+        self.holds: HoldRepository = SqlHoldRepository(conn, self)
         self.entries: EntryRepository = SqlEntryRepository(conn, self)
         self.idempotency: IdempotencyRepository = SqlIdempotencyRepository(conn, self)
         self.events: EventRepository = SqlEventRepository(conn, self)

@@ -147,6 +147,7 @@ entries = Table(
     _pk(),
     Column("account_pk", Int64, ForeignKey("accounts.pk"), nullable=False),
     Column("transfer_pk", Int64, ForeignKey("transfers.pk"), nullable=False),
+    Column("kind", Text, nullable=False),  # posting | hold | release (ADR 0014)
     Column("direction", Text, nullable=False),
     Column("amount", Int64, nullable=False),
     Column("posted_after", Int64, nullable=False),
@@ -154,10 +155,29 @@ entries = Table(
     Column("pending_credits_after", Int64, nullable=False),
     Column("account_version", Int64, nullable=False),
     Column("created_at", Int64, nullable=False),
+    CheckConstraint("kind IN ('posting', 'hold', 'release')", name="kind"),
     CheckConstraint("direction IN ('debit', 'credit')", name="direction"),
     CheckConstraint("amount > 0", name="amount"),
-    Index(None, "account_pk", "pk"),
+    Index(None, "account_pk", "kind", "pk"),
     Index(None, "account_pk", "created_at", "pk"),
+    sqlite_strict=True,
+)
+
+# The open holds, one row per leg: a working set (rows go when the hold resolves; the history is in
+# entries and transfers). It answers "which holds on these accounts are due" for every write and
+# read of an account with pending amounts, and "which holds are due" for the sweeper.
+holds = Table(
+    "holds",
+    metadata,
+    Column("transfer_pk", Int64, ForeignKey("transfers.pk"), primary_key=True),
+    Column("account_pk", Int64, ForeignKey("accounts.pk"), primary_key=True),
+    Column("direction", Text, nullable=False),
+    Column("amount", Int64, nullable=False),
+    Column("expires_at", Int64),
+    CheckConstraint("direction IN ('debit', 'credit')", name="direction"),
+    CheckConstraint("amount > 0", name="amount"),
+    Index(None, "account_pk", "expires_at"),
+    Index(None, "expires_at"),
     sqlite_strict=True,
 )
 

@@ -1,4 +1,4 @@
-"""Transfers: create (simple or multi-leg), read, list."""
+"""Transfers: create (simple or multi-leg, posted or held), batches, holds, reversals, read, list."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 
+from tally.api.problems import problem_for
 from tally.api.replies import (
     decode_cursor,
     json_reply,
@@ -17,12 +18,23 @@ from tally.api.replies import (
     run_write,
 )
 from tally.api.routing import Access, TallyRoute, access, ledger_of
-from tally.api.schemas import ClientId, TransferCreate, TransferOut, TransferPage
+from tally.api.schemas import (
+    BatchOut,
+    ClientId,
+    HoldPost,
+    HoldVoid,
+    TransferBatch,
+    TransferCreate,
+    TransferOut,
+    TransferPage,
+    TransferReverse,
+)
 from tally.domain.accounts import Direction
+from tally.domain.errors import RequestError
 from tally.domain.transfers import LegRequest, TransferRequest, TransferStatus
-from tally.services import transfers
+from tally.services import holds, reversals, transfers
 from tally.services.ports import StoredReply, Transaction
-from tally.services.views import transfer_view
+from tally.services.views import JsonObject, transfer_view
 
 router = APIRouter(route_class=TallyRoute, tags=["transfers"])
 Limit = Annotated[int, Query(ge=1, le=1000)]
@@ -47,6 +59,8 @@ def transfer_request(body: TransferCreate) -> TransferRequest:
         description=body.description,
         metadata=body.metadata or {},
         simple=simple,
+        pending=body.pending,
+        expires_at=body.expires_at,
     )
     request.check()
     return request
@@ -63,6 +77,101 @@ async def create_transfer(body: TransferCreate, request: Request) -> Response:
             tx, ledger_id, command, request_hash=digest, request_id=request_id(request)
         )
         return json_reply(201 if created else 200, transfer_view(transfer))
+
+    outcome = await run_write(request, ledger_id, action, key_required=True)
+    return respond_outcome(request, outcome)
+
+
+@router.post(
+    "/v1/transfers/batch", status_code=201, response_model=BatchOut, openapi_extra=access(Access.WRITE)
+)
+async def create_batch(body: TransferBatch, request: Request) -> Response:
+    """Up to 1000 transfers in order, in one transaction (item n sees item n−1).
+
+    `atomic: true` answers 201 with every result, or 422 `batch_failed` listing each failed item, and
+    applies nothing then. `atomic: false` answers 200 with a result per item: `created`, `exists` or
+    `error`. Client ids dedupe per item; the Idempotency-Key covers the whole batch.
+    """
+    ledger_id = ledger_of(request)
+    items = [_batch_item(item) for item in body.transfers]
+
+    async def action(tx: Transaction) -> StoredReply:
+        outcomes = await transfers.create_batch(
+            tx, ledger_id, items, atomic=body.atomic, request_id=request_id(request)
+        )
+        return json_reply(201 if body.atomic else 200, {"results": [_result(o) for o in outcomes]})
+
+    outcome = await run_write(request, ledger_id, action, key_required=True)
+    return respond_outcome(request, outcome)
+
+
+def _batch_item(body: TransferCreate) -> transfers.BatchItem:
+    try:
+        return transfers.BatchItem(transfer_request(body), request_hash(body))
+    except RequestError as error:  # a rule decided by the item's body alone, such as same_account
+        return transfers.BatchItem(None, request_hash(body), error)
+
+
+def _result(outcome: transfers.ItemOutcome) -> JsonObject:
+    result: JsonObject = {"index": outcome.index, "status": outcome.status}
+    if outcome.transfer is not None:
+        result["transfer"] = transfer_view(outcome.transfer)
+    if outcome.error is not None:
+        problem = problem_for(outcome.error)
+        result["error"] = {"code": problem.code, "detail": outcome.error.detail or problem.title}
+    return result
+
+
+@router.post(
+    "/v1/transfers/{transfer_id}/post", response_model=TransferOut, openapi_extra=access(Access.WRITE)
+)
+async def post_hold(transfer_id: str, request: Request, body: HoldPost | None = None) -> Response:
+    """Post a pending transfer: in full, or `amount` of a two-leg hold (the rest is released)."""
+    ledger_id = ledger_of(request)
+    amount = body.amount if body is not None else None
+
+    async def action(tx: Transaction) -> StoredReply:
+        posted = await holds.post_hold(tx, ledger_id, transfer_id, amount, request_id=request_id(request))
+        return json_reply(200, transfer_view(posted))
+
+    outcome = await run_write(request, ledger_id, action, key_required=True)
+    return respond_outcome(request, outcome)
+
+
+@router.post(
+    "/v1/transfers/{transfer_id}/void", response_model=TransferOut, openapi_extra=access(Access.WRITE)
+)
+async def void_hold(transfer_id: str, request: Request, body: HoldVoid | None = None) -> Response:
+    """Release a pending transfer's hold; allowed on frozen accounts."""
+    ledger_id = ledger_of(request)
+
+    async def action(tx: Transaction) -> StoredReply:
+        voided = await holds.void_hold(tx, ledger_id, transfer_id, request_id=request_id(request))
+        return json_reply(200, transfer_view(voided))
+
+    outcome = await run_write(request, ledger_id, action, key_required=True)
+    return respond_outcome(request, outcome)
+
+
+@router.post(
+    "/v1/transfers/{transfer_id}/reverse",
+    status_code=201,
+    response_model=TransferOut,
+    openapi_extra=access(Access.WRITE),
+)
+async def reverse_transfer(
+    transfer_id: str, request: Request, body: TransferReverse | None = None
+) -> Response:
+    """A new posted transfer with the legs swapped and `reverses` set; omit `amount` for all that is left."""
+    ledger_id = ledger_of(request)
+    amount = body.amount if body is not None else None
+    description = body.description if body is not None else None
+
+    async def action(tx: Transaction) -> StoredReply:
+        reversal = await reversals.reverse_transfer(
+            tx, ledger_id, transfer_id, amount, description=description, request_id=request_id(request)
+        )
+        return json_reply(201, transfer_view(reversal))
 
     outcome = await run_write(request, ledger_id, action, key_required=True)
     return respond_outcome(request, outcome)

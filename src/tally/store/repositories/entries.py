@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import bindparam, insert, select
 
-from tally.domain.accounts import Balance, Direction
+from tally.domain.accounts import Balance, Direction, EntryKind
 from tally.domain.ids import new_id
 from tally.services.ports import (
     BalanceAt,
@@ -31,7 +31,7 @@ _insert_entries = insert(_e)
 _entries_of = (
     select(*_e.c, t.transfers.c.id.label("transfer_id"))
     .join(t.transfers, t.transfers.c.pk == _e.c.transfer_pk)
-    .where(_e.c.account_pk == bindparam("account_pk"))
+    .where(_e.c.account_pk == bindparam("account_pk"), _e.c.kind == EntryKind.POSTING.value)
 )
 _balance_at = (
     select(_e.c.posted_after, _e.c.pending_debits_after, _e.c.pending_credits_after, _e.c.account_version)
@@ -50,6 +50,7 @@ def _entry(row: Any) -> Entry:  # a Row of entries + transfer_id
         pk=m["pk"],
         account_pk=m["account_pk"],
         transfer_id=m["transfer_id"],
+        kind=EntryKind(m["kind"]),
         direction=Direction(m["direction"]),
         amount=m["amount"],
         posted_after=m["posted_after"],
@@ -70,6 +71,7 @@ class SqlEntryRepository(SqlRepository):
                 {
                     "account_pk": e.account_pk,
                     "transfer_pk": transfer_pk,
+                    "kind": e.kind.value,
                     "direction": e.direction.value,
                     "amount": e.amount,
                     "posted_after": e.balance_after.posted,

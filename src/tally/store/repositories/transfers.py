@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import replace
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select
+from sqlalchemy import and_, bindparam, insert, or_, select, update
 from sqlalchemy.orm import aliased
 
 from tally.domain.accounts import Direction
@@ -34,14 +35,42 @@ _with_reversed = select(*_t.c, _reversed.c.id.label("reverses_id")).outerjoin(
     _reversed, _reversed.c.pk == _t.c.reverses_pk
 )
 _by_id = _with_reversed.where(_t.c.ledger_id == bindparam("ledger_id"), _t.c.id == bindparam("id"))
+_by_id_for_update = _by_id.with_for_update(of=_t)
+_by_pk = _with_reversed.where(_t.c.pk == bindparam("pk"))
+_by_pk_for_update = _by_pk.with_for_update(of=_t)
 _insert = insert(_t).returning(_t.c.pk)
 _insert_legs = insert(_l)
+_save = (
+    update(_t)
+    .where(_t.c.pk == bindparam("t_pk"))
+    .values(
+        status=bindparam("t_status"),
+        posted_at=bindparam("t_posted_at"),
+        held_amount=bindparam("t_held_amount"),
+        reversed_amount=bindparam("t_reversed_amount"),
+    )
+)
+_save_leg = (
+    update(_l)
+    .where(_l.c.transfer_pk == bindparam("l_transfer_pk"), _l.c.position == bindparam("l_position"))
+    .values(amount=bindparam("l_amount"))
+)
 _legs_of = (
     select(_l.c.transfer_pk, _a.c.id, _l.c.direction, _l.c.amount, _a.c.currency)
     .join(_a, _a.c.pk == _l.c.account_pk)
     .where(_l.c.transfer_pk.in_(bindparam("pks", expanding=True)))
     .order_by(_l.c.transfer_pk, _l.c.position)
 )
+
+
+def _status_at(status: TransferStatus, now: int) -> Any:
+    """The status as read at ``now``: a pending transfer whose ``expires_at`` has come is expired."""
+    due = and_(_t.c.status == TransferStatus.PENDING.value, _t.c.expires_at <= now)
+    if status is TransferStatus.PENDING:
+        return and_(_t.c.status == status.value, or_(_t.c.expires_at.is_(None), _t.c.expires_at > now))
+    if status is TransferStatus.EXPIRED:
+        return or_(_t.c.status == status.value, due)
+    return _t.c.status == status.value
 
 
 def _transfer(row: Any, legs: tuple[Leg, ...]) -> Transfer:
@@ -60,11 +89,14 @@ def _transfer(row: Any, legs: tuple[Leg, ...]) -> Transfer:
         created_at=from_micros(m["created_at"]),
         posted_at=maybe_from_micros(m["posted_at"]),
         request_hash=m["request_hash"],
+        held_amount=m["held_amount"],
     )
 
 
 class SqlTransferRepository(SqlRepository):
-    async def add(self, transfer: Transfer, account_pks: dict[str, int]) -> Transfer:
+    async def add(
+        self, transfer: Transfer, account_pks: dict[str, int], *, reverses_pk: int | None = None
+    ) -> Transfer:
         self._tx.mark_written()
         result = await self._conn.execute(
             _insert,
@@ -74,7 +106,9 @@ class SqlTransferRepository(SqlRepository):
                 "status": transfer.status.value,
                 "description": transfer.description,
                 "metadata": dump_json(transfer.metadata),
+                "reverses_pk": reverses_pk,
                 "reversed_amount": transfer.reversed_amount,
+                "held_amount": transfer.held_amount,
                 "expires_at": maybe_to_micros(transfer.expires_at),
                 "request_hash": transfer.request_hash,
                 "created_at": to_micros(transfer.created_at),
@@ -98,7 +132,42 @@ class SqlTransferRepository(SqlRepository):
         return replace(transfer, pk=pk)
 
     async def get(self, ledger_id: str, transfer_id: str) -> Transfer | None:
-        row = (await self._conn.execute(_by_id, {"ledger_id": ledger_id, "id": transfer_id})).first()
+        return await self._one(_by_id, {"ledger_id": ledger_id, "id": transfer_id})
+
+    async def lock(self, ledger_id: str, transfer_id: str) -> Transfer | None:
+        # FOR UPDATE on PostgreSQL; on SQLite the write transaction already holds the database lock.
+        params = {"ledger_id": ledger_id, "id": transfer_id}
+        return await self._one(self._locking(_by_id_for_update, _by_id), params)
+
+    async def lock_by_pk(self, pk: int) -> Transfer | None:
+        return await self._one(self._locking(_by_pk_for_update, _by_pk), {"pk": pk})
+
+    async def save(self, transfer: Transfer) -> None:
+        self._tx.mark_written()
+        await self._conn.execute(
+            _save,
+            {
+                "t_pk": transfer.pk,
+                "t_status": transfer.status.value,
+                "t_posted_at": maybe_to_micros(transfer.posted_at),
+                "t_held_amount": transfer.held_amount,
+                "t_reversed_amount": transfer.reversed_amount,
+            },
+        )
+        stored = await self._legs([transfer.pk])
+        changed = [
+            {"l_transfer_pk": transfer.pk, "l_position": position, "l_amount": leg.amount}
+            for position, (leg, before) in enumerate(zip(transfer.legs, stored[transfer.pk], strict=True))
+            if leg.amount != before.amount
+        ]
+        if changed:  # a partial post: the legs show what was posted
+            await self._conn.execute(_save_leg, changed)
+
+    def _locking(self, for_update: Any, plain: Any) -> Any:
+        return plain if self._conn.dialect.name == "sqlite" else for_update
+
+    async def _one(self, query: Any, params: dict[str, Any]) -> Transfer | None:
+        row = (await self._conn.execute(query, params)).first()
         if row is None:
             return None
         legs = await self._legs([row.pk])
@@ -110,6 +179,7 @@ class SqlTransferRepository(SqlRepository):
         *,
         account_pk: int | None,
         status: TransferStatus | None,
+        now: datetime,
         before: int | None,
         limit: int,
     ) -> Page[Transfer]:
@@ -122,7 +192,7 @@ class SqlTransferRepository(SqlRepository):
             query = query.where(_t.c.ledger_id == ledger_id)
             position = _t.c.pk
         if status is not None:
-            query = query.where(_t.c.status == status.value)
+            query = query.where(_status_at(status, to_micros(now)))
         if before is not None:
             query = query.where(position < before)
         rows = (await self._conn.execute(query.order_by(position.desc()).limit(limit + 1))).all()

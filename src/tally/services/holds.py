@@ -1,0 +1,74 @@
+"""Use cases of holds: post (in full or in part), void, and the sweeper that expires due holds.
+
+The transfer row is locked before its accounts, on every path that changes an existing transfer,
+so two resolutions of one hold queue behind each other and the second finds it no longer pending.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from tally.domain import holds
+from tally.domain.errors import NotFound
+from tally.domain.transfers import Transfer, TransferStatus
+from tally.services.ports import Database, NewEvent, Transaction
+from tally.services.postings import append_entries, lock_accounts, save_balances
+from tally.services.views import transfer_view
+
+SWEEP_BATCH = 100  # holds expired per sweeper transaction, to keep each write short
+
+
+async def post_hold(
+    tx: Transaction, ledger_id: str, transfer_id: str, amount: int | None, *, request_id: str | None
+) -> Transfer:
+    """Post a pending transfer; ``amount`` posts part of a two-leg hold and releases the rest."""
+    transfer, now = await _pending(tx, ledger_id, transfer_id)
+    accounts = await lock_accounts(tx, ledger_id, (leg.account_id for leg in transfer.legs), now)
+    posted, change = holds.post(transfer, accounts, amount, now)
+    await save_balances(tx, change, now)
+    await tx.transfers.save(posted)
+    await append_entries(tx, transfer.pk, change, now)
+    await tx.holds.remove(transfer.pk)
+    await tx.events.add(NewEvent(ledger_id, "transfer.posted", transfer_view(posted), request_id), now)
+    return posted
+
+
+async def void_hold(tx: Transaction, ledger_id: str, transfer_id: str, *, request_id: str | None) -> Transfer:
+    """Release a pending transfer's hold in full."""
+    transfer, now = await _pending(tx, ledger_id, transfer_id)
+    accounts = await lock_accounts(tx, ledger_id, (leg.account_id for leg in transfer.legs), now)
+    voided, change = holds.void(transfer, accounts, now)
+    await save_balances(tx, change, now)
+    await tx.transfers.save(voided)
+    await append_entries(tx, transfer.pk, change, now)
+    await tx.holds.remove(transfer.pk)
+    await tx.events.add(NewEvent(ledger_id, "transfer.voided", transfer_view(voided), request_id), now)
+    return voided
+
+
+async def _pending(tx: Transaction, ledger_id: str, transfer_id: str) -> tuple[Transfer, datetime]:
+    now = await tx.now()
+    transfer = await tx.transfers.lock(ledger_id, transfer_id)
+    if transfer is None:
+        raise NotFound(f"Transfer {transfer_id} does not exist.")
+    # Checked before the accounts are locked, which would sweep a due hold for nothing.
+    holds.require_pending(transfer, now)
+    return transfer, now
+
+
+async def expire_due_holds(database: Database) -> int:
+    """Expire holds whose ``expires_at`` has come, oldest first; returns how many were due.
+
+    Reads already treat a due hold as expired; sweeping writes it down (status, release entries,
+    the ``transfer.expired`` event) so the outbox announces it.
+    """
+    async with database.write() as tx:
+        now = await tx.now()
+        due = await tx.holds.expiring(now, SWEEP_BATCH)
+        for pk in due:
+            transfer = await tx.transfers.lock_by_pk(pk)
+            if transfer is None or transfer.status is not TransferStatus.PENDING:
+                continue  # expired a moment ago, with the accounts of another due hold
+            # Locking its accounts expires it, with every other due hold on them, in order.
+            await lock_accounts(tx, transfer.ledger_id, (leg.account_id for leg in transfer.legs), now)
+    return len(due)
