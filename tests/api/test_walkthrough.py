@@ -53,3 +53,18 @@ async def test_the_readme_walkthrough_works_end_to_end(any_client: httpx.AsyncCl
     alice = (await client.get("/v1/accounts/alice/balance", headers=key)).json()
     assert alice["posted"] == 7500
     assert alice["version"] == 2
+
+    hold = {"debit_account_id": "alice", "credit_account_id": "bob", "amount": 3000, "pending": True}
+    held = await client.post("/v1/transfers", json=hold, headers={**key, **idem("hold-1")})
+    assert held.status_code == 201
+    hold_id = held.json()["id"]
+    assert (await client.get("/v1/accounts/alice/balance", headers=key)).json()["available"] == 4500
+    posted = await client.post(
+        f"/v1/transfers/{hold_id}/post", json={"amount": 2000}, headers={**key, **idem("post-1")}
+    )
+    assert posted.json()["status"] == "posted"
+    reversed_ = await client.post(
+        f"/v1/transfers/{hold_id}/reverse", json={"amount": 500}, headers={**key, **idem("reverse-1")}
+    )
+    assert reversed_.json()["reverses"] == hold_id
+    assert (await client.get("/v1/accounts/alice/balance", headers=key)).json()["available"] == 6000
