@@ -61,9 +61,9 @@ def transfer(db: sqlite3.Connection, i: int) -> None:
         [(transfer_pk, 0, 1, "debit"), (transfer_pk, 1, 2, "credit")],
     )
     db.executemany(
-        "INSERT INTO entries (account_pk, transfer_pk, direction, amount, posted_after,"
+        "INSERT INTO entries (account_pk, transfer_pk, kind, direction, amount, posted_after,"
         " pending_debits_after, pending_credits_after, account_version, created_at)"
-        " VALUES (?, ?, ?, 1, ?, 0, 0, ?, ?)",
+        " VALUES (?, ?, 'posting', ?, 1, ?, 0, 0, ?, ?)",
         [(1, transfer_pk, "debit", -i, i, i), (2, transfer_pk, "credit", i, i, i)],
     )
     db.execute(
