@@ -10,7 +10,9 @@ from fastapi import FastAPI
 
 from tally.api.app import create_app
 from tally.config import Settings
+from tally.observability.context import set_job
 from tally.observability.logging import configure_logging, get_logger
+from tally.observability.telemetry import Telemetry
 from tally.services.idempotency import IdempotentExecutor
 from tally.services.ledgers import ROOT_KEY_HASH, Authenticator, KeyUsage, root_key_hash
 from tally.store.sqlite import open_database
@@ -20,18 +22,31 @@ KEY_USAGE_FLUSH_SECONDS = 5.0
 
 
 class Tally:
-    """The running service: database, idempotent executor, authenticator. Started by the app."""
+    """The running service: database, idempotent executor, authenticator, telemetry. Started by the app."""
 
     def __init__(self, settings: Settings, *, announce_root_key: bool = True) -> None:
-        configure_logging(settings.log_format, settings.log_level)
+        configure_logging(settings.log_format, settings.log_level, secrets=_secrets_of(settings))
         self.settings = settings
         self.max_body_bytes = settings.max_body_bytes
+        # Off (TALLY_METRICS_ENABLED=false), nothing is measured: no metrics, no statement timing.
+        self.telemetry = (
+            Telemetry(
+                multiprocess_dir=settings.prometheus_multiproc_dir,
+                slow_query_ms=settings.slow_query_ms,
+            )
+            if settings.metrics_enabled
+            else None
+        )
+        self.request_observer = self.telemetry.requests if self.telemetry else None
         self.database = open_database(
             settings.database_url,
             read_pool_size=settings.read_pool_size,
             synchronous=settings.sqlite_synchronous,
             lock_wait_seconds=settings.request_timeout_ms / 1000,
+            observer=self.telemetry.pools if self.telemetry else None,
         )
+        if self.telemetry is not None:
+            self.telemetry.instrument(self.database)
         self.executor = IdempotentExecutor(self.database)
         self._announce_root_key = announce_root_key
         self.generated_root_key: str | None = None
@@ -63,6 +78,7 @@ class Tally:
         _log.info("started", database=self.database.url.render_as_string(hide_password=True))
 
     async def _flush_key_usage(self) -> None:
+        set_job("key_usage_flush")  # this task's lines belong to no request
         while True:
             await asyncio.sleep(KEY_USAGE_FLUSH_SECONDS)
             try:
@@ -77,6 +93,8 @@ class Tally:
                 await self._flusher
         await self.key_usage.flush(self.database)
         await self.database.stop()
+        if self.telemetry is not None:
+            self.telemetry.close()
 
     async def readiness(self) -> dict[str, str]:
         try:
@@ -87,5 +105,17 @@ class Tally:
         return {"database": "ok"}
 
 
+def _secrets_of(settings: Settings) -> list[str]:
+    """Configured secrets, which the logs blank wherever they would appear (observability.redaction)."""
+    return [
+        secret.get_secret_value() for secret in (settings.root_key, settings.ops_token) if secret is not None
+    ]
+
+
 def build_app(settings: Settings | None = None) -> FastAPI:
     return create_app(Tally(settings or Settings()))
+
+
+def app_from_environment() -> FastAPI:
+    """The app factory of each worker of ``tally serve --workers N``: settings from the environment."""
+    return build_app(Settings())

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
 from collections.abc import Sequence
+from typing import Any
 
 from tally.config import Settings
 from tally.domain.keys import new_secret
@@ -19,6 +22,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--port", type=int, help="listen port (TALLY_PORT)")
     serve.add_argument("--database-url", help="database URL (TALLY_DATABASE_URL)")
     serve.add_argument("--log-format", choices=["json", "console"], help="TALLY_LOG_FORMAT")
+    serve.add_argument("--workers", type=int, help="worker processes (TALLY_WORKERS, default 1)")
     commands.add_parser("keygen", help="print a fresh root key for TALLY_ROOT_KEY")
     commands.add_parser("openapi", help="print the OpenAPI document")
     args = parser.parse_args(argv)
@@ -38,8 +42,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from tally.bootstrap import build_app
-
     overrides = {
         name: value
         for name, value in (
@@ -47,21 +49,44 @@ def _serve(args: argparse.Namespace) -> int:
             ("port", args.port),
             ("database_url", args.database_url),
             ("log_format", args.log_format),
+            ("workers", args.workers),
         )
         if value is not None
     }
     settings = Settings(**overrides)
-    app = build_app(settings)
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level="warning",
-        access_log=False,
-        server_header=False,
-        timeout_keep_alive=5,
-        h11_max_incomplete_event_size=64 * 1024,
-    )
+    server: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": "warning",
+        "log_config": None,  # Tally's logging (observability.logging) formats uvicorn's lines too
+        "access_log": False,  # Tally writes its own access line, with the request id
+        "server_header": False,
+        "timeout_keep_alive": 5,
+        "h11_max_incomplete_event_size": 64 * 1024,
+    }
+    if settings.workers == 1:
+        from tally.bootstrap import build_app
+
+        uvicorn.run(build_app(settings), **server)
+        return 0
+    return _serve_workers(settings.workers, overrides, server)
+
+
+def _serve_workers(workers: int, overrides: dict[str, Any], server: dict[str, Any]) -> int:
+    """Run ``workers`` processes; their metrics meet in a private directory, removed at exit.
+
+    Each worker builds its app from the environment (``bootstrap.app_from_environment``), so the
+    command line's overrides are handed down as ``TALLY_*`` variables. prometheus-client picks its
+    multiprocess mode from ``PROMETHEUS_MULTIPROC_DIR`` when a worker imports it; a directory left
+    by an earlier run would add that run's counts, hence a fresh one every time.
+    """
+    import uvicorn
+
+    for name, value in overrides.items():
+        os.environ[f"TALLY_{name.upper()}"] = str(value)
+    with tempfile.TemporaryDirectory(prefix="tally-metrics-") as directory:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+        uvicorn.run("tally.bootstrap:app_from_environment", factory=True, workers=workers, **server)
     return 0
 
 

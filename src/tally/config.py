@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tally.domain.keys import secret_kind
@@ -39,6 +39,23 @@ class Settings(BaseSettings):
         default="FULL", description="FULL survives power loss; NORMAL only process crashes."
     )
     read_pool_size: int = Field(default=4, ge=1, le=64)
+    workers: int = Field(default=1, ge=1, le=64, description="Processes `tally serve` runs.")
+    ops_token: SecretStr | None = Field(
+        default=None,
+        description="When set, GET /metrics and /dashboard need it as a Bearer token (at least 16 chars).",
+    )
+    metrics_enabled: bool = Field(
+        default=True,
+        description="Prometheus metrics and statement timing; off, /metrics and /dashboard answer 404.",
+    )
+    slow_query_ms: float = Field(
+        default=100.0, ge=0, description="A statement at least this slow writes a 'slow query' line."
+    )
+    # Not TALLY_-prefixed: prometheus-client reads the same variable, and it must agree with it.
+    # `tally serve --workers N` sets it to a private directory of its own.
+    prometheus_multiproc_dir: Path | None = Field(
+        default=None, validation_alias=AliasChoices("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir")
+    )
 
     @field_validator("root_key")
     @classmethod
@@ -47,4 +64,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 "TALLY_ROOT_KEY must be a Tally root key (tally_root_...); make one with `tally keygen`."
             )
+        return value
+
+    @field_validator("ops_token")
+    @classmethod
+    def _long_enough_ops_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("TALLY_OPS_TOKEN must be at least 16 characters long.")
         return value

@@ -15,9 +15,10 @@ from tally import __version__
 from tally.api.middleware import RequestContextMiddleware
 from tally.api.problems import BY_CODE, problem_body, render_error
 from tally.api.replies import request_id, respond
-from tally.api.routes import accounts, ledgers, ops, transfers
+from tally.api.routes import accounts, dashboard, ledgers, ops, transfers
 from tally.api.schemas import ProblemOut
 from tally.domain import errors
+from tally.observability.requests import RequestMetrics
 from tally.services.ports import StoredReply
 
 
@@ -25,6 +26,7 @@ class Service(Protocol):
     """What the app needs from the composition root (``tally.bootstrap.Tally``)."""
 
     max_body_bytes: int
+    request_observer: RequestMetrics | None  # None when metrics are off
 
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
@@ -48,9 +50,11 @@ def create_app(tally: Service) -> FastAPI:
         redoc_url=None,
     )
     app.state.tally = tally
-    for router in (ledgers.router, accounts.router, transfers.router, ops.router):
+    for router in (ledgers.router, accounts.router, transfers.router, ops.router, dashboard.router):
         app.include_router(router)
-    app.add_middleware(RequestContextMiddleware, max_body_bytes=tally.max_body_bytes)
+    app.add_middleware(
+        RequestContextMiddleware, max_body_bytes=tally.max_body_bytes, observer=tally.request_observer
+    )
     _install_error_handlers(app)
     app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
     return app

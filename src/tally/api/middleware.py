@@ -1,10 +1,15 @@
-"""ASGI middleware: request id, bounded body, access log.
+"""ASGI middleware: request id, bounded body, access log, request metrics.
 
 Pure ASGI (no ``BaseHTTPMiddleware``) so it adds one function call per request, not a task.
 The body is read here, at most ``max_body_bytes`` of it, whether or not it declared a
 ``Content-Length``: reading stops at the limit and the app sees an empty body and the flag
 ``state["body_too_large"]``. ``TallyRoute`` answers 413 for it after authentication and scope, as the
 API's error precedence asks, without the rest of the body ever being read.
+
+When metrics are on, each exchange is handed to ``observability.requests.RequestMetrics`` once the
+response is sent, with what the response said: status, ``Idempotent-Replayed`` and, for a
+problem+json body, its ``code``. The statements the request ran are counted in a ``QueryTally``
+started here, and land in the access line (``db_queries``, ``db_ms``).
 """
 
 from __future__ import annotations
@@ -12,19 +17,24 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tally.api.problems import BY_CODE, problem_body
 from tally.observability.context import accept_request_id, set_request_id
 from tally.observability.logging import get_logger
+from tally.observability.queries import QueryTally, start_tally
+from tally.observability.requests import Exchange, RequestMetrics
 
 _log = get_logger("tally.access")
+_PROBLEM_BODY_LIMIT = 16 * 1024  # problem bodies are small; a larger one is not read for its code
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, observer: RequestMetrics | None = None) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.observer = observer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -37,44 +47,55 @@ class RequestContextMiddleware:
         set_request_id(request_id)
         # A fresh per-request state (servers share the lifespan state dict between requests).
         scope["state"] = {**scope.get("state", {}), "request_id": request_id}
-        outcome: dict[str, Any] = {"status": 500, "replayed": False, "status_sent": False}
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                outcome["status"] = message["status"]
-                outcome["status_sent"] = True
-                response_headers = list(message.get("headers", []))
-                response_headers.append((b"x-request-id", request_id.encode()))
-                outcome["replayed"] = (b"idempotent-replayed", b"true") in response_headers
-                message["headers"] = response_headers
-            await send(message)
-
+        response = _Response(send, request_id)
+        queries: QueryTally | None = None
+        if self.observer is not None:
+            queries = start_tally()
+            self.observer.started()
         try:
             body = await self._read_body(headers, receive)
             if body is None:
                 scope["state"]["body_too_large"] = True
                 body = b""
             try:
-                await self.app(scope, _replay(body, receive), send_with_id)
+                await self.app(scope, _replay(body, receive), response.send)
             except Exception:
                 # Answered here rather than by Starlette's outermost handler, so that a 500 carries
                 # X-Request-ID like every other response. No detail reaches the client.
                 _log.exception("unhandled error")
-                if outcome["status_sent"]:
+                if response.started:
                     raise
-                await _internal_error(send_with_id, request_id)
+                await _internal_error(response.send, request_id)
         finally:
-            route = scope.get("route")
-            state = scope.get("state", {})
-            _log.info(
-                "request",
+            self._finish(scope, response, queries, time.perf_counter() - started)
+
+    def _finish(self, scope: Scope, response: _Response, queries: QueryTally | None, seconds: float) -> None:
+        """The access line, then the metrics."""
+        route: str | None = getattr(scope.get("route"), "path", None)
+        fields: dict[str, Any] = {}
+        if queries is not None:
+            fields = {"db_queries": queries.count, "db_ms": round(queries.seconds * 1000, 3)}
+        _log.info(
+            "request",
+            method=scope["method"],
+            route=route,
+            status=response.status,
+            duration_ms=round(seconds * 1000, 3),
+            ledger_id=scope.get("state", {}).get("ledger_id"),
+            replayed=response.replayed,
+            **fields,
+        )
+        if self.observer is not None:
+            exchange = Exchange(
                 method=scope["method"],
-                route=getattr(route, "path", None),
-                status=outcome["status"],
-                duration_ms=round((time.perf_counter() - started) * 1000, 3),
-                ledger_id=state.get("ledger_id"),
-                replayed=outcome["replayed"],
+                route=route,
+                status=response.status,
+                seconds=seconds,
+                replayed=response.replayed,
+                problem_code=response.problem_code(),
+                queries=queries.count if queries is not None else None,
             )
+            self.observer.finished(exchange)
 
     async def _read_body(self, headers: dict[bytes, bytes], receive: Receive) -> bytes | None:
         declared = headers.get(b"content-length")
@@ -94,6 +115,45 @@ class RequestContextMiddleware:
             if not message.get("more_body", False):
                 break
         return b"".join(chunks)
+
+
+class _Response:
+    """Sends the response with ``X-Request-ID`` added, noting what the access line and metrics need."""
+
+    def __init__(self, send: Send, request_id: str) -> None:
+        self._send = send
+        self._request_id = request_id.encode()
+        self.status = 500  # until a response starts: a failure that sent nothing
+        self.started = False
+        self.replayed = False
+        self._problem: bytearray | None = None  # the body, when it is problem+json
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            self.started = True
+            headers = [*message.get("headers", []), (b"x-request-id", self._request_id)]
+            self.replayed = (b"idempotent-replayed", b"true") in headers
+            if any(
+                name == b"content-type" and value.startswith(b"application/problem+json")
+                for name, value in headers
+            ):
+                self._problem = bytearray()
+            message["headers"] = headers
+        elif self._problem is not None and len(self._problem) <= _PROBLEM_BODY_LIMIT:
+            self._problem += message.get("body", b"")
+        await self._send(message)
+
+    def problem_code(self) -> str | None:
+        """The ``code`` of a problem+json body, if it has one."""
+        body = self._problem
+        if not body or len(body) > _PROBLEM_BODY_LIMIT:
+            return None
+        try:
+            code = orjson.loads(body).get("code")
+        except (orjson.JSONDecodeError, AttributeError):
+            return None
+        return code if isinstance(code, str) else None
 
 
 async def _internal_error(send: Send, request_id: str) -> None:

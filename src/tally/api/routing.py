@@ -4,10 +4,17 @@ Each route declares its ``Access`` (``openapi_extra={"x-tally-access": ...}`` th
 ``TallyRoute`` authenticates and authorises before FastAPI parses the body, so the API's error
 precedence holds: authentication (401) → scope (403) → body and query validation. A route that
 declares nothing refuses to start (``TallyRoute.__init__``).
+
+Operations routes that show operational data (``/metrics``, ``/dashboard``) are ``OPS``: open while
+``TALLY_OPS_TOKEN`` is unset, otherwise they need that token as ``Authorization: Bearer``, or, for
+``OPS_PAGE`` (pages a browser opens from a link), as ``?token=``. Tokens are compared as SHA-256
+digests with ``hmac.compare_digest``: constant time, and no length to learn.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from collections.abc import Callable, Coroutine
 from enum import StrEnum
 from typing import Any
@@ -30,15 +37,20 @@ class Access(StrEnum):
     READ = "read"
     WRITE = "write"
     ADMIN = "admin"
+    OPS = "ops"  # the ops token when one is set (metrics)
+    OPS_PAGE = "ops_page"  # the same, also accepted as ?token= (the dashboard)
 
 
+_KEYLESS = frozenset({Access.PUBLIC, Access.OPS, Access.OPS_PAGE})
 _SCOPE = {Access.READ: Scope.READ, Access.WRITE: Scope.WRITE, Access.ADMIN: Scope.ADMIN}
 
 
 def access(level: Access) -> dict[str, Any]:
     """``openapi_extra`` for a route: its access level, and the bearer requirement."""
     extra: dict[str, Any] = {ACCESS_KEY: level.value}
-    if level is not Access.PUBLIC:
+    if level in (Access.OPS, Access.OPS_PAGE):
+        extra["security"] = [{"bearer": []}, {}]  # the ops token, only when one is configured
+    elif level is not Access.PUBLIC:
         extra["security"] = [{"bearer": []}]
     return extra
 
@@ -69,7 +81,9 @@ class TallyRoute(APIRoute):
         level = self.access
 
         async def guarded(request: Request) -> Response:
-            if level is not Access.PUBLIC:
+            if level in (Access.OPS, Access.OPS_PAGE):
+                _check_ops_token(request, query=level is Access.OPS_PAGE)
+            elif level is not Access.PUBLIC:
                 who = await _authenticate(request)
                 _authorise(who, level)
                 request.state.principal = who
@@ -77,7 +91,7 @@ class TallyRoute(APIRoute):
             if request.scope["state"].get("body_too_large"):
                 limit = request.app.state.tally.max_body_bytes
                 raise PayloadTooLarge(f"The body exceeds {limit} bytes.")
-            if level is not Access.PUBLIC:
+            if level not in _KEYLESS:
                 set_deadline(_budget(request))
             return await handler(request)
 
@@ -93,6 +107,22 @@ async def _authenticate(request: Request) -> Principal:
         raise Unauthenticated("The Authorization header must be 'Bearer <key>'.")
     who: Principal = await request.app.state.tally.authenticator.authenticate(secret.strip())
     return who
+
+
+def _check_ops_token(request: Request, *, query: bool) -> None:
+    expected = request.app.state.tally.settings.ops_token
+    if expected is None:
+        return
+    scheme, _, given = (request.headers.get("authorization") or "").partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        given = request.query_params.get("token", "") if query else ""
+    if not (given and _same_secret(given.strip(), expected.get_secret_value())):
+        raise Unauthenticated("This route needs the ops token: Authorization: Bearer <TALLY_OPS_TOKEN>.")
+
+
+def _same_secret(given: str, expected: str) -> bool:
+    digest = hashlib.sha256
+    return hmac.compare_digest(digest(given.encode()).digest(), digest(expected.encode()).digest())
 
 
 def _authorise(who: Principal, level: Access) -> None:

@@ -8,11 +8,14 @@ from contextvars import ContextVar
 
 _request_id: ContextVar[str | None] = ContextVar("tally_request_id", default=None)
 _WELL_FORMED = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# A key fits the request-id charset. One sent as X-Request-ID by mistake would be written into every
+# log line and event of its request, so it is treated as malformed and replaced.
+_SECRET_SHAPED = re.compile(r"tally_(?:root|key)_|whsec_")
 
 
 def accept_request_id(candidate: str | None) -> str:
-    """The client's ``X-Request-ID`` when well formed, else a fresh one."""
-    if candidate is not None and _WELL_FORMED.fullmatch(candidate):
+    """The client's ``X-Request-ID`` when well formed and not shaped like a secret, else a fresh one."""
+    if candidate is not None and _WELL_FORMED.fullmatch(candidate) and not _SECRET_SHAPED.search(candidate):
         return candidate
     return f"req_{uuid.uuid4().hex}"
 
@@ -23,3 +26,15 @@ def current_request_id() -> str | None:
 
 def set_request_id(request_id: str | None) -> None:
     _request_id.set(request_id)
+
+
+_job: ContextVar[str | None] = ContextVar("tally_job", default=None)
+
+
+def set_job(name: str | None) -> None:
+    """Name the background work of this context (a task): its log lines carry ``job`` instead of a request id."""
+    _job.set(name)
+
+
+def current_job() -> str | None:
+    return _job.get()

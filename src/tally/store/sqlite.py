@@ -11,6 +11,10 @@ waits are asynchronous:
 - a reader: a small pool of read connections handed out through an ``asyncio.Queue``;
 - the budget: a progress handler interrupts a statement that runs past the request's deadline,
   which rolls the transaction back (``DeadlineExceeded``, nothing applied).
+
+Both waits are reported to a ``ConnectionObserver`` (``store.instrumentation``), and so is each
+connection while a transaction holds it: the writer lock wait and the reader pool are where a
+SQLite Tally queues under load.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from tally.domain.errors import DeadlineExceeded
 from tally.services.deadline import current_deadline, remaining
 from tally.store import tables
 from tally.store.database import SqlTransaction
+from tally.store.instrumentation import ConnectionObserver, Unobserved
 
 Clock = Callable[[], int]  # microseconds since the Unix epoch
 _PROGRESS_STEPS = 1000  # SQLite VM instructions between two deadline checks
@@ -77,11 +82,13 @@ class SqliteDatabase:
         read_pool_size: int = 4,
         synchronous: str = "FULL",
         lock_wait_seconds: float = 10.0,
+        observer: ConnectionObserver | None = None,
     ) -> None:
         self.url = make_url(url).set(drivername="sqlite+pysqlite")
         self._clock = clock
         self._read_pool_size = read_pool_size
         self._lock_wait = lock_wait_seconds
+        self._observer: ConnectionObserver = observer or Unobserved()
         self._engine = self._create_engine(synchronous)  # connects nothing yet
         self._writer: Connection | None = None
         self._readers: asyncio.Queue[Connection] = asyncio.Queue()
@@ -93,6 +100,15 @@ class SqliteDatabase:
     def engines(self) -> tuple[Engine, ...]:
         """The engine, for instrumentation (query timing, plan checks)."""
         return (self._engine,)
+
+    @property
+    def pool_sizes(self) -> dict[str, int]:
+        """How many connections each role has once started: one writer, ``read_pool_size`` readers."""
+        return {"writer": 1, "reader": self._read_pool_size}
+
+    def role_of(self, conn: Connection) -> str:
+        """``writer`` or ``reader``: the role of a connection of ``engines``, for statement timing."""
+        return "writer" if conn is self._writer else "reader"
 
     def _create_engine(self, synchronous: str) -> Engine:
         engine = create_engine(self.url, poolclass=NullPool)
@@ -158,15 +174,22 @@ class SqliteDatabase:
     @asynccontextmanager
     async def write(self) -> AsyncIterator[SqlTransaction]:
         budget = remaining(self._lock_wait)
+        asked = time.perf_counter()
         try:
             await asyncio.wait_for(self._write_lock.acquire(), budget)
         except TimeoutError:
+            self._observer.waited("writer", time.perf_counter() - asked)
             raise DeadlineExceeded("The time budget ran out waiting to write.") from None
+        self._observer.holding("writer", 1)
         try:
             conn = self._writer
             if conn is None:
                 raise RuntimeError("start() has not run")
-            await self._begin(conn, time.monotonic() + remaining(self._lock_wait))
+            try:
+                await self._begin(conn, time.monotonic() + remaining(self._lock_wait))
+            finally:
+                # The wait to write is both locks: this process's writer, then the file's.
+                self._observer.waited("writer", time.perf_counter() - asked)
             self._catch_up(conn)
             tx = SqlTransaction(SqliteConnection(conn), self._write_now)
             try:
@@ -179,22 +202,30 @@ class SqliteDatabase:
             # Committed: the outbox position is this write's consistency token (ADR 0011).
             self._position = max(self._position, tx.last_event)
         finally:
+            self._observer.holding("writer", -1)
             self._write_lock.release()
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[SqlTransaction]:
+        asked = time.perf_counter()
         try:
             conn = await asyncio.wait_for(self._readers.get(), remaining(self._lock_wait))
         except TimeoutError:
+            self._observer.waited("reader", time.perf_counter() - asked)
             raise DeadlineExceeded("The time budget ran out waiting for a connection.") from None
+        self._observer.holding("reader", 1)
         try:
-            await self._begin(conn, time.monotonic() + remaining(self._lock_wait))
+            try:
+                await self._begin(conn, time.monotonic() + remaining(self._lock_wait))
+            finally:
+                self._observer.waited("reader", time.perf_counter() - asked)
             try:
                 with _interrupt_at_deadline(conn):
                     yield SqlTransaction(SqliteConnection(conn), self._read_now)
             finally:
                 conn.rollback()
         finally:
+            self._observer.holding("reader", -1)
             self._readers.put_nowait(conn)
 
     async def _begin(self, conn: Connection, give_up_at: float) -> None:

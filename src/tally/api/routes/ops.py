@@ -1,11 +1,15 @@
-"""Operations: liveness, readiness and the problem pages. No key needed."""
+"""Operations: liveness, readiness, metrics and the problem pages. No key needed.
+
+``/metrics`` needs the ops token when ``TALLY_OPS_TOKEN`` is set (``Access.OPS``).
+"""
 
 from __future__ import annotations
 
 import html
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, PlainTextResponse
+from starlette.concurrency import run_in_threadpool
 
 from tally.api.problems import BY_CODE
 from tally.api.replies import respond_json
@@ -29,6 +33,21 @@ async def readyz(request: Request) -> Response:
     return respond_json(
         200 if ready else 503, {"status": "ready" if ready else "not_ready", "checks": checks}
     )
+
+
+@router.get("/metrics", response_class=PlainTextResponse, openapi_extra=access(Access.OPS))
+async def metrics(request: Request) -> Response:
+    """Prometheus text format: request, statement, pool and business metrics, summed over workers.
+
+    Labels carry route templates and statement shapes, never ids or values. 404 when
+    ``TALLY_METRICS_ENABLED=false``.
+    """
+    telemetry = request.app.state.tally.telemetry
+    if telemetry is None:
+        raise NotFound("Metrics are turned off (TALLY_METRICS_ENABLED=false).")
+    # In multi-process mode this reads every worker's files: off the event loop.
+    body: bytes = await run_in_threadpool(telemetry.exposition)
+    return Response(body, media_type=telemetry.content_type, headers={"Cache-Control": "no-store"})
 
 
 @router.get("/problems/{code}", response_class=HTMLResponse, openapi_extra=access(Access.PUBLIC))

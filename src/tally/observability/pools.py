@@ -1,0 +1,41 @@
+"""Connection waits and use, reported by the store (``store.instrumentation.ConnectionObserver``).
+
+On SQLite the pool is the one writer connection behind its lock, and a few readers; a growing
+writer wait is the first sign that writes queue behind each other, long before latency alerts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from prometheus_client.metrics import Gauge, Histogram
+
+from tally.observability.metrics import Metrics
+
+
+class PoolMetrics:
+    """Implements ``ConnectionObserver`` (structurally: the store and this layer are siblings)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._waits: dict[str, Histogram] = {}
+        self._in_use: dict[str, Gauge] = {}
+        self._metrics = metrics
+
+    def sized(self, sizes: Mapping[str, int]) -> None:
+        """The connections of each role, so that use can be read against them."""
+        for role, size in sizes.items():
+            self._metrics.pool_size.labels(role).set(size)
+            self._child(role)
+
+    def waited(self, role: str, seconds: float) -> None:
+        self._child(role)[0].observe(seconds)
+
+    def holding(self, role: str, delta: int) -> None:
+        self._child(role)[1].inc(delta)
+
+    def _child(self, role: str) -> tuple[Histogram, Gauge]:
+        wait = self._waits.get(role)
+        if wait is None:
+            wait = self._waits[role] = self._metrics.pool_wait.labels(role)
+            self._in_use[role] = self._metrics.pool_in_use.labels(role)
+        return wait, self._in_use[role]
