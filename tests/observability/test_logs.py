@@ -13,6 +13,7 @@ Invariants, in plain words:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import time
@@ -181,9 +182,10 @@ async def test_no_secret_reaches_a_log_line_whatever_the_client_sends(chatty_ser
         )
         _send_raw(
             chatty_server,
-            f'POST /v1/accounts HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nAuthorization: Bearer {secret}\r\n\r\n{{"a"',
+            "POST /v1/accounts HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+            f'Authorization: Bearer {secret}\r\n\r\n{{"a"',
         )
-    time.sleep(0.5)
+    await asyncio.sleep(0.5)
 
     text = chatty_server.log_path.read_text()
     assert len(text.splitlines()) > 50, "the server should have logged every request and statement"

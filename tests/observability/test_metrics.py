@@ -154,7 +154,7 @@ async def test_a_slow_statement_is_counted_by_shape(tmp_path: Path) -> None:
     assert sum(s.value for s in slow) == sum(s.value for s in timed)  # at 0 ms, every one is slow
 
 
-OPS_TOKEN = "ops-token-for-the-tests-0123456789"
+OPS_TOKEN = f"ops-{uuid.uuid4().hex}"
 
 
 async def test_with_an_ops_token_metrics_and_the_dashboard_need_it(tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ _job: ContextVar[str | None] = ContextVar("tally_job", default=None)
 
 
 def set_job(name: str | None) -> None:
-    """Name the background work of this context (a task): its log lines carry ``job`` instead of a request id."""
+    """Name the background work of this context (a task): its lines carry ``job``, not a request id."""
     _job.set(name)
 
 
