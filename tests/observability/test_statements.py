@@ -69,6 +69,7 @@ def test_different_statements_on_one_table_have_different_names() -> None:
         ("UPDATE accounts SET a = ? WHERE pk = ?", "update accounts"),
         ("DELETE FROM idempotency WHERE expires_at < ?", "delete idempotency"),
         ("BEGIN IMMEDIATE", "begin -"),
+        ("CREATE TABLE IF NOT EXISTS ledgers (id TEXT)", "create ledgers"),
         ('PRAGMA main.table_info("accounts")', "pragma main"),
     ],
 )

@@ -35,6 +35,7 @@ _TARGET = {
     "delete": re.compile(r"\bfrom\s+[\"`]?(\w+)", re.IGNORECASE),
     "with": re.compile(r"\bfrom\s+[\"`]?(\w+)", re.IGNORECASE),
     "pragma": re.compile(r"^pragma\s+(\w+)", re.IGNORECASE),
+    "create": re.compile(r"\b(?:table|index|view)\s+(?:if\s+not\s+exists\s+)?[\"`]?(\w+)", re.IGNORECASE),
 }
 
 

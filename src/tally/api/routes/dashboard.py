@@ -23,7 +23,11 @@ from tally.observability.telemetry import Telemetry
 
 router = APIRouter(route_class=TallyRoute, tags=["operations"])
 
-_ASSETS = {"dashboard.js": "text/javascript; charset=utf-8", "dashboard.css": "text/css; charset=utf-8"}
+_ASSETS = {
+    "dashboard.js": "text/javascript; charset=utf-8",
+    "dashboard.css": "text/css; charset=utf-8",
+    "favicon.svg": "image/svg+xml",
+}
 _PAGE_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; "

@@ -94,7 +94,9 @@
     const errors = step.reduce((n, r) => n + r.errors, 0);
     points.rate.push({ t: newest.at, v: seconds > 0 ? count / seconds : null });
     points.errors.push({ t: newest.at, v: count ? (100 * errors) / count : null });
-    const recent = sumBuckets(routeRows(windowStart(newest), newest));
+    // Latency is the clients': the dashboard's own polls and scrapes are left out, as in the alerts.
+    const api = (r) => !/^\/(metrics|dashboard)/.test(r.route);
+    const recent = sumBuckets(routeRows(windowStart(newest), newest).filter(api));
     const bounds = newest.bounds.request;
     const p50 = quantile(0.5, bounds, recent.buckets, recent.total);
     const p99 = quantile(0.99, bounds, recent.buckets, recent.total);
@@ -123,10 +125,13 @@
   function lineChart(svg, series, options = {}) {
     const width = 600, height = 180, left = 44, right = 8, top = 8, bottom = 20;
     const now = snapshots.length ? snapshots[snapshots.length - 1].at : 0;
+    // The time axis grows with the history the page has, from one minute up to HISTORY_S.
+    const first = Math.min(...series.map((s) => (s.points.length ? s.points[0].t : now)));
+    const span = Math.min(HISTORY_S, Math.max(60, now - first));
     const values = series.flatMap((s) => s.points.map((p) => p.v)).filter((v) => v !== null);
     if (options.target !== undefined) values.push(options.target);
     const max = niceMax(Math.max(options.floor || 0, ...values));
-    const x = (t) => left + ((t - (now - HISTORY_S)) / HISTORY_S) * (width - left - right);
+    const x = (t) => left + ((t - (now - span)) / span) * (width - left - right);
     const y = (v) => top + (1 - v / max) * (height - top - bottom);
     svg.replaceChildren();
     for (let i = 0; i <= 4; i++) {
@@ -134,7 +139,8 @@
       svg.append(el("line", { class: "grid", x1: left, x2: width - right, y1: y(v), y2: y(v) }));
       svg.append(el("text", { class: "axis", x: left - 4, y: y(v) + 4, "text-anchor": "end" }, fmt(v, max < 4 ? 2 : 0)));
     }
-    svg.append(el("text", { class: "axis", x: left, y: height - 4 }, `−${HISTORY_S / 60} min`));
+    const ago = span >= 120 ? `−${Math.round(span / 60)} min` : `−${Math.round(span)} s`;
+    svg.append(el("text", { class: "axis", x: left, y: height - 4 }, ago));
     svg.append(el("text", { class: "axis", x: width - right, y: height - 4, "text-anchor": "end" }, "now"));
     if (options.target !== undefined) {
       svg.append(el("line", { class: "target", x1: left, x2: width - right, y1: y(options.target), y2: y(options.target) }));
@@ -226,7 +232,9 @@
         p99: quantile(0.99, bounds.query, buckets, total),
       };
     });
-    statements = statements.filter((s) => s.count > 0);
+    // The statements that ran in the window; while none did, every statement since start.
+    const ranRecently = statements.filter((s) => s.rate !== null && s.rate > 0);
+    statements = ranRecently.length ? ranRecently : statements.filter((s) => s.count > 0);
     statements.sort((a, b) => (b.p99 || 0) - (a.p99 || 0) || (b.mean || 0) - (a.mean || 0));
     fillTable("statements", statements.slice(0, 12), [
       (s) => ({ text: s.statement, title: s.sql, className: "sql" }),
