@@ -13,6 +13,7 @@ from tally.config import Settings
 from tally.observability.context import set_job
 from tally.observability.logging import configure_logging, get_logger
 from tally.observability.telemetry import Telemetry
+from tally.services.holds import expire_due_holds
 from tally.services.idempotency import IdempotentExecutor
 from tally.services.ledgers import ROOT_KEY_HASH, Authenticator, KeyUsage, root_key_hash
 from tally.store.sqlite import open_database
@@ -52,6 +53,7 @@ class Tally:
         self.generated_root_key: str | None = None
         self._authenticator: Authenticator | None = None
         self._flusher: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self.key_usage = KeyUsage()
 
     @property
@@ -75,6 +77,7 @@ class Tally:
             )
         self._authenticator = Authenticator(self.database, digest, self.key_usage)
         self._flusher = asyncio.create_task(self._flush_key_usage(), name="tally-key-usage")
+        self._sweeper = asyncio.create_task(self._sweep_holds(), name="tally-hold-sweeper")
         _log.info("started", database=self.database.url.render_as_string(hide_password=True))
 
     async def _flush_key_usage(self) -> None:
@@ -86,11 +89,24 @@ class Tally:
             except Exception:
                 _log.exception("key usage flush failed", pending=len(self.key_usage))
 
+    async def _sweep_holds(self) -> None:
+        # Reads and writes treat a due hold as expired on their own (ADR 0014); the sweeper only
+        # writes the expiry down and emits its event, so its period is the event's latency.
+        set_job("hold_sweep")  # this task's lines belong to no request
+        while True:
+            await asyncio.sleep(self.settings.hold_sweep_seconds)
+            try:
+                while await expire_due_holds(self.database):
+                    pass  # more may be due: keep going, one short transaction at a time
+            except Exception:
+                _log.exception("hold sweep failed")
+
     async def stop(self) -> None:
-        if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
+        for task in (self._flusher, self._sweeper):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.key_usage.flush(self.database)
         await self.database.stop()
         if self.telemetry is not None:

@@ -39,6 +39,11 @@ class Settings(BaseSettings):
         default="FULL", description="FULL survives power loss; NORMAL only process crashes."
     )
     read_pool_size: int = Field(default=4, ge=1, le=64)
+    hold_sweep_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description="How often the sweeper writes down expired holds (reads see expiry at once).",
+    )
     workers: int = Field(default=1, ge=1, le=64, description="Processes `tally serve` runs.")
     ops_token: SecretStr | None = Field(
         default=None,

@@ -10,7 +10,6 @@ from typing import Any
 import httpx
 import pytest
 
-from tally import bootstrap
 from tests.api.holds_support import (
     act,
     balance_as_of,
@@ -31,14 +30,13 @@ from tests.support import LedgerKeys, asgi_client, assert_problem, new_ledger, s
 
 
 @pytest.fixture
-async def unswept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[httpx.AsyncClient]:
+async def unswept(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     """An app whose hold sweeper does not come round during the test.
 
     What such a test sees of an expiry is the read-time rule alone (ADR 0014), or the write-down
     done by a request that touches the hold's accounts; never a timer racing the assertions.
     """
-    monkeypatch.setattr(bootstrap, "HOLD_SWEEP_SECONDS", 3600.0)
-    async with asgi_client(settings_for(tmp_path)) as c:
+    async with asgi_client(settings_for(tmp_path, hold_sweep_seconds=3600.0)) as c:
         yield c
 
 

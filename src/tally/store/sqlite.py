@@ -36,6 +36,7 @@ from tally.services.deadline import current_deadline, remaining
 from tally.store import tables
 from tally.store.database import SqlTransaction
 from tally.store.instrumentation import ConnectionObserver, Unobserved
+from tally.store.schema import check_schema
 
 Clock = Callable[[], int]  # microseconds since the Unix epoch
 _PROGRESS_STEPS = 1000  # SQLite VM instructions between two deadline checks
@@ -138,6 +139,7 @@ class SqliteDatabase:
         self._writer = engine.connect()
         with self._writer.begin():
             tables.metadata.create_all(self._writer)
+            check_schema(self._writer)
             last = self._writer.execute(select(func.max(tables.events.c.pk))).scalar()
         self._position = last or 0
         for _ in range(self._read_pool_size):
