@@ -8,10 +8,15 @@ directory, that differ only in what they observe:
 - ``none``: no metrics and ``TALLY_LOG_LEVEL=WARNING``, so no access line either.
 
 Logs go to /dev/null in all three, so the cost measured is building and rendering lines, not a
-terminal's. Then, for each workload (single transfers; account reads), it sends a closed loop of
-requests from ``--clients`` keep-alive connections for ``--seconds`` to each server in turn, for
+terminal's. Commits use ``TALLY_SQLITE_SYNCHRONOUS=NORMAL`` in all three, so that the disk's fsync
+does not hide the CPU that observing costs.
+
+Then, for each workload (single transfers; account reads), it sends a closed loop of requests
+from ``--clients`` keep-alive connections for ``--seconds`` to each server in turn, for
 ``--rounds`` rounds, so that drift of the machine (heat, other load) falls on all three alike. It
-reports requests/s per configuration (the sum over rounds) and the overhead against ``none``.
+reports, per configuration, requests/s and the server process's CPU time per request (user +
+system, from /proc: unlike throughput it does not move when other processes share the cores), and
+the overhead of each against ``none``.
 
     .venv/bin/python scripts/bench_observability.py [--clients 8] [--seconds 4] [--rounds 3]
 """
@@ -48,6 +53,13 @@ class Target:
     name: str
     base: str
     headers: dict[str, str]
+    pid: int
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -65,6 +77,7 @@ def start(directory: Path, root: str, extra: dict[str, str]) -> tuple[subprocess
         "TALLY_DATABASE_URL": f"sqlite:///{directory / 'bench.db'}",
         "TALLY_LOG_FORMAT": "json",
         "TALLY_LOG_LEVEL": "INFO",
+        "TALLY_SQLITE_SYNCHRONOUS": "NORMAL",
         **extra,
     }
     tally = Path(sys.executable).parent / "tally"
@@ -78,7 +91,7 @@ def start(directory: Path, root: str, extra: dict[str, str]) -> tuple[subprocess
     return process, f"http://127.0.0.1:{port}"
 
 
-async def prepare(name: str, base: str, root: str) -> Target:
+async def prepare(name: str, base: str, pid: int, root: str) -> Target:
     """Wait for the server, then make a ledger, a write key and two accounts."""
     async with httpx.AsyncClient(base_url=base, timeout=30) as client:
         for _ in range(300):
@@ -96,7 +109,7 @@ async def prepare(name: str, base: str, root: str) -> Target:
         source = {"id": "source", "currency": "USD", "normal_balance": "debit", "min_balance": None}
         await client.post("/v1/accounts", json=source, headers=headers)
         await client.post("/v1/accounts", json={"id": "sink", "currency": "USD"}, headers=headers)
-    return Target(name, base, headers)
+    return Target(name, base, headers, pid)
 
 
 Request = Callable[[httpx.AsyncClient, Target], Awaitable[httpx.Response]]
@@ -115,8 +128,8 @@ async def read(client: httpx.AsyncClient, target: Target) -> httpx.Response:
 
 async def closed_loop(
     target: Target, request: Request, clients: int, seconds: float
-) -> tuple[int, int, float]:
-    """(answered, failed, elapsed seconds) for ``clients`` connections sending for ``seconds``."""
+) -> tuple[int, int, float, float]:
+    """(answered, failed, elapsed s, server CPU s) for ``clients`` connections sending for ``seconds``."""
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     answered = failed = 0
     async with httpx.AsyncClient(base_url=target.base, timeout=30, limits=limits) as client:
@@ -131,28 +144,35 @@ async def closed_loop(
                 answered += 1
                 failed += not response.is_success
 
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), cpu_seconds(target.pid)
         await asyncio.gather(*(worker() for _ in range(clients)))
-        return answered, failed, time.perf_counter() - started
+        return answered, failed, time.perf_counter() - started, cpu_seconds(target.pid) - cpu
 
 
 async def bench(targets: list[Target], args: argparse.Namespace) -> dict[str, dict[str, float]]:
     results: dict[str, dict[str, float]] = {}
     for workload, request in (("POST /v1/transfers", transfer), ("GET /v1/accounts/{id}", read)):
-        totals = {target.name: [0, 0, 0.0] for target in targets}
+        totals = {target.name: (0, 0, 0.0, 0.0) for target in targets}
         for _ in range(args.rounds):
             for target in targets:
-                answered, failed, elapsed = await closed_loop(target, request, args.clients, args.seconds)
-                totals[target.name][0] += answered
-                totals[target.name][1] += failed
-                totals[target.name][2] += elapsed
-        rates = {name: answered / elapsed for name, (answered, _, elapsed) in totals.items()}
-        if any(failed for _, failed, _ in totals.values()):
+                measured = await closed_loop(target, request, args.clients, args.seconds)
+                answered, failed, elapsed, used = totals[target.name]
+                totals[target.name] = (
+                    answered + measured[0],
+                    failed + measured[1],
+                    elapsed + measured[2],
+                    used + measured[3],
+                )
+        if any(failed for _, failed, _, _ in totals.values()):
             raise SystemExit(f"{workload}: some requests failed: {totals}")
-        results[workload] = {name: round(rate, 1) for name, rate in rates.items()}
+        rates = {name: answered / elapsed for name, (answered, _, elapsed, _) in totals.items()}
+        cpu = {name: 1e6 * used / answered for name, (answered, _, _, used) in totals.items()}
+        row: dict[str, float] = {f"{name} req/s": round(rate, 1) for name, rate in rates.items()}
+        row.update({f"{name} server CPU us/req": round(us) for name, us in cpu.items()})
         for name in ("full", "no-metrics"):
-            overhead = 100 * (1 - rates[name] / rates["none"])
-            results[workload][f"{name} overhead vs none (%)"] = round(overhead, 1)
+            row[f"{name} throughput cost vs none (%)"] = round(100 * (1 - rates[name] / rates["none"]), 1)
+            row[f"{name} CPU cost vs none (%)"] = round(100 * (cpu[name] / cpu["none"] - 1), 1)
+        results[workload] = row
     return results
 
 
@@ -170,11 +190,12 @@ def main() -> int:
             for name, extra in CONFIGURATIONS.items():
                 directory = Path(scratch) / name
                 directory.mkdir()
-                process, bases[name] = start(directory, root, extra)
+                process, base = start(directory, root, extra)
+                bases[name] = (base, process.pid)
                 servers.append(process)
 
             async def run() -> dict[str, dict[str, float]]:
-                targets = [await prepare(name, base, root) for name, base in bases.items()]
+                targets = [await prepare(name, base, pid, root) for name, (base, pid) in bases.items()]
                 return await bench(targets, args)
 
             results = asyncio.run(run())
@@ -185,7 +206,8 @@ def main() -> int:
                 process.wait(timeout=10)
     report = {
         "scenario": (
-            f"requests/s, SQLite, one process per configuration, {args.clients} keep-alive connections, "
+            f"requests/s, SQLite (synchronous=NORMAL), one process per configuration, "
+            f"{args.clients} keep-alive connections, "
             f"closed loop, {args.rounds} rounds of {args.seconds:g} s per configuration, interleaved"
         ),
         "configurations": {

@@ -71,8 +71,10 @@ class RequestMetrics:
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
+        # Children of labelled metrics, kept: ``labels()`` takes a lock and hashes every time.
         self._http: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
         self._queries: dict[tuple[str, str], Histogram] = {}
+        self._transfers: dict[tuple[str, str], Counter] = {}
 
     def started(self) -> None:
         self._metrics.in_flight.inc()
@@ -110,4 +112,8 @@ class RequestMetrics:
             self._metrics.rejections.labels(route, code).inc()
         operation = operation_of(exchange.method, exchange.route)
         if operation is not None:
-            self._metrics.transfers.labels(operation, outcome_of(exchange)).inc()
+            key = (operation, outcome_of(exchange))
+            counter = self._transfers.get(key)
+            if counter is None:
+                counter = self._transfers[key] = self._metrics.transfers.labels(*key)
+            counter.inc()
