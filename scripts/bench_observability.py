@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from bench_fixture import ledger_with_two_accounts
 
 from tally.domain.keys import new_secret
 
@@ -94,21 +95,7 @@ def start(directory: Path, root: str, extra: dict[str, str]) -> tuple[subprocess
 async def prepare(name: str, base: str, pid: int, root: str) -> Target:
     """Wait for the server, then make a ledger, a write key and two accounts."""
     async with httpx.AsyncClient(base_url=base, timeout=30) as client:
-        for _ in range(300):
-            try:
-                await client.get("/healthz")
-                break
-            except httpx.TransportError:
-                await asyncio.sleep(0.1)
-        auth = {"Authorization": f"Bearer {root}"}
-        ledger = (await client.post("/v1/ledgers", json={"name": "bench"}, headers=auth)).json()["id"]
-        key = await client.post(
-            f"/v1/ledgers/{ledger}/keys", json={"name": "b", "scopes": ["write"]}, headers=auth
-        )
-        headers = {"Authorization": f"Bearer {key.json()['key']}"}
-        source = {"id": "source", "currency": "USD", "normal_balance": "debit", "min_balance": None}
-        await client.post("/v1/accounts", json=source, headers=headers)
-        await client.post("/v1/accounts", json={"id": "sink", "currency": "USD"}, headers=headers)
+        headers = await ledger_with_two_accounts(client, root)
     return Target(name, base, headers, pid)
 
 

@@ -22,6 +22,7 @@ import uuid
 from pathlib import Path
 
 import httpx
+from bench_fixture import ledger_with_two_accounts
 
 from tally.domain.keys import new_secret
 
@@ -65,21 +66,7 @@ def main() -> int:
 async def run(base: str, root: str, args: argparse.Namespace) -> int:
     limits = httpx.Limits(max_connections=args.clients, max_keepalive_connections=args.clients)
     async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as client:
-        for _ in range(100):
-            try:
-                await client.get("/healthz")
-                break
-            except httpx.TransportError:
-                await asyncio.sleep(0.1)
-        auth = {"Authorization": f"Bearer {root}"}
-        ledger = (await client.post("/v1/ledgers", json={"name": "bench"}, headers=auth)).json()["id"]
-        created = await client.post(
-            f"/v1/ledgers/{ledger}/keys", json={"name": "bench", "scopes": ["write"]}, headers=auth
-        )
-        headers = {"Authorization": f"Bearer {created.json()['key']}"}
-        source = {"id": "source", "currency": "USD", "normal_balance": "debit", "min_balance": None}
-        await client.post("/v1/accounts", json=source, headers=headers)
-        await client.post("/v1/accounts", json={"id": "sink", "currency": "USD"}, headers=headers)
+        headers = await ledger_with_two_accounts(client, root)
         body = {"debit_account_id": "source", "credit_account_id": "sink", "amount": 1}
         latencies: list[float] = []
         errors = 0

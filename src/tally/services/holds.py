@@ -11,9 +11,8 @@ from datetime import datetime
 from tally.domain import holds
 from tally.domain.errors import NotFound
 from tally.domain.transfers import Transfer, TransferStatus
-from tally.services.ports import Database, NewEvent, Transaction
-from tally.services.postings import append_entries, lock_accounts, save_balances
-from tally.services.views import transfer_view
+from tally.services.ports import Database, Transaction
+from tally.services.postings import lock_accounts, record_resolution
 
 SWEEP_BATCH = 100  # holds expired per sweeper transaction, to keep each write short
 
@@ -25,11 +24,9 @@ async def post_hold(
     transfer, now = await _pending(tx, ledger_id, transfer_id)
     accounts = await lock_accounts(tx, ledger_id, (leg.account_id for leg in transfer.legs), now)
     posted, change = holds.post(transfer, accounts, amount, now)
-    await save_balances(tx, change, now)
-    await tx.transfers.save(posted)
-    await append_entries(tx, transfer.pk, change, now)
-    await tx.holds.remove(transfer.pk)
-    await tx.events.add(NewEvent(ledger_id, "transfer.posted", transfer_view(posted), request_id), now)
+    await record_resolution(
+        tx, posted, change, now, entries_at=now, event="transfer.posted", request_id=request_id
+    )
     return posted
 
 
@@ -38,11 +35,9 @@ async def void_hold(tx: Transaction, ledger_id: str, transfer_id: str, *, reques
     transfer, now = await _pending(tx, ledger_id, transfer_id)
     accounts = await lock_accounts(tx, ledger_id, (leg.account_id for leg in transfer.legs), now)
     voided, change = holds.void(transfer, accounts, now)
-    await save_balances(tx, change, now)
-    await tx.transfers.save(voided)
-    await append_entries(tx, transfer.pk, change, now)
-    await tx.holds.remove(transfer.pk)
-    await tx.events.add(NewEvent(ledger_id, "transfer.voided", transfer_view(voided), request_id), now)
+    await record_resolution(
+        tx, voided, change, now, entries_at=now, event="transfer.voided", request_id=request_id
+    )
     return voided
 
 

@@ -50,14 +50,37 @@ async def lock_accounts(
 
 async def _expire(tx: Transaction, transfer: Transfer, accounts: dict[str, Account], now: datetime) -> None:
     expired, change = holds.expire(transfer, accounts)
-    await save_balances(tx, change, now)
-    await tx.transfers.save(expired)
     # Dated at the instant the hold expired: ``balance_as_of`` between then and now must see it gone.
-    await append_entries(tx, transfer.pk, change, transfer.expires_at or now)
-    await tx.holds.remove(transfer.pk)
     # Expiry is a timer's doing, not the request's that happened to sweep it (API.md: request_id null).
-    await tx.events.add(NewEvent(transfer.ledger_id, "transfer.expired", transfer_view(expired), None), now)
+    await record_resolution(
+        tx,
+        expired,
+        change,
+        now,
+        entries_at=transfer.expires_at or now,
+        event="transfer.expired",
+        request_id=None,
+    )
     settled(accounts, change)
+
+
+async def record_resolution(
+    tx: Transaction,
+    resolved: Transfer,
+    change: Change,
+    now: datetime,
+    *,
+    entries_at: datetime,
+    event: str,
+    request_id: str | None,
+) -> None:
+    """Write down a hold that resolved (posted, voided or expired): balances first, then the
+    transfer, its entries, the end of its open-hold rows and its event."""
+    await save_balances(tx, change, now)
+    await tx.transfers.save(resolved)
+    await append_entries(tx, resolved.pk, change, entries_at)
+    await tx.holds.remove(resolved.pk)
+    await tx.events.add(NewEvent(resolved.ledger_id, event, transfer_view(resolved), request_id), now)
 
 
 async def save_balances(tx: Transaction, change: Change, now: datetime) -> None:

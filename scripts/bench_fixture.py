@@ -1,0 +1,28 @@
+"""What the HTTP benches share: wait for a fresh server, then give it a ledger, a key and two accounts."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+
+
+async def ledger_with_two_accounts(client: httpx.AsyncClient, root: str) -> dict[str, str]:
+    """Wait until the server answers, then create a ledger with a write key and the accounts
+    ``source`` (debit-normal, unbounded) and ``sink``; return the key's headers."""
+    for _ in range(300):
+        try:
+            await client.get("/healthz")
+            break
+        except httpx.TransportError:
+            await asyncio.sleep(0.1)
+    auth = {"Authorization": f"Bearer {root}"}
+    ledger = (await client.post("/v1/ledgers", json={"name": "bench"}, headers=auth)).json()["id"]
+    created = await client.post(
+        f"/v1/ledgers/{ledger}/keys", json={"name": "bench", "scopes": ["write"]}, headers=auth
+    )
+    headers = {"Authorization": f"Bearer {created.json()['key']}"}
+    source = {"id": "source", "currency": "USD", "normal_balance": "debit", "min_balance": None}
+    await client.post("/v1/accounts", json=source, headers=headers)
+    await client.post("/v1/accounts", json={"id": "sink", "currency": "USD"}, headers=headers)
+    return headers
