@@ -63,7 +63,8 @@ async def open_account(
         if existing is not None:
             if existing.request_hash != request_hash:
                 raise IdConflict(f"Account {command.id} exists with a different body.")
-            return existing, False
+            [current] = await seen(tx, [existing], await tx.now())  # as a read shows it
+            return current, False
     now = await tx.now()
     account = await tx.accounts.add(
         Account(
