@@ -1,10 +1,41 @@
-"""What the HTTP benches share: wait for a fresh server, then give it a ledger, a key and two accounts."""
+"""What the HTTP benches share: a `tally serve` of their own, a ledger, a key and two accounts."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
+
+
+@contextmanager
+def serving(directory: Path, root: str, port: int) -> Iterator[str]:
+    """Run `tally serve` on a fresh SQLite file in ``directory``; yield its base URL."""
+    env = {
+        **os.environ,
+        "TALLY_ROOT_KEY": root,
+        "TALLY_DATABASE_URL": f"sqlite:///{directory / 'bench.db'}",
+        "TALLY_LOG_FORMAT": "json",
+        "TALLY_LOG_LEVEL": "WARNING",
+    }
+    tally = Path(sys.executable).parent / "tally"
+    server = subprocess.Popen(
+        [str(tally), "serve", "--port", str(port)],
+        env=env,
+        cwd=directory,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
 
 
 async def ledger_with_two_accounts(client: httpx.AsyncClient, root: str) -> dict[str, str]:

@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,7 +21,7 @@ import uuid
 from pathlib import Path
 
 import httpx
-from bench_fixture import ledger_with_two_accounts
+from bench_fixture import ledger_with_two_accounts, serving
 
 from tally.domain.keys import new_secret
 
@@ -39,28 +38,9 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=1)
     args = parser.parse_args()
     root = new_secret("root")
-    with tempfile.TemporaryDirectory() as directory:
-        port = 18000 + os.getpid() % 1000
-        env = {
-            **os.environ,
-            "TALLY_ROOT_KEY": root,
-            "TALLY_DATABASE_URL": f"sqlite:///{Path(directory) / 'bench.db'}",
-            "TALLY_LOG_FORMAT": "json",
-            "TALLY_LOG_LEVEL": "WARNING",
-        }
-        tally = Path(sys.executable).parent / "tally"
-        server = subprocess.Popen(
-            [str(tally), "serve", "--port", str(port)],
-            env=env,
-            cwd=directory,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            return asyncio.run(run(f"http://127.0.0.1:{port}", root, args))
-        finally:
-            server.terminate()
-            server.wait(timeout=10)
+    port = 18000 + os.getpid() % 1000
+    with tempfile.TemporaryDirectory() as directory, serving(Path(directory), root, port) as base:
+        return asyncio.run(run(base, root, args))
 
 
 async def run(base: str, root: str, args: argparse.Namespace) -> int:
