@@ -13,24 +13,33 @@ from pathlib import Path
 import httpx
 
 
-@contextmanager
-def serving(directory: Path, root: str, port: int) -> Iterator[str]:
-    """Run `tally serve` on a fresh SQLite file in ``directory``; yield its base URL."""
+def start_server(
+    directory: Path, root: str, port: int, extra: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start `tally serve` on a fresh SQLite file in ``directory``, with only the ``TALLY_*`` settings
+    given here (and ``extra``), so that the caller's environment cannot skew a measurement."""
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if not k.startswith("TALLY_")},
         "TALLY_ROOT_KEY": root,
         "TALLY_DATABASE_URL": f"sqlite:///{directory / 'bench.db'}",
         "TALLY_LOG_FORMAT": "json",
         "TALLY_LOG_LEVEL": "WARNING",
+        **(extra or {}),
     }
     tally = Path(sys.executable).parent / "tally"
-    server = subprocess.Popen(
+    return subprocess.Popen(
         [str(tally), "serve", "--port", str(port)],
         env=env,
         cwd=directory,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+
+@contextmanager
+def serving(directory: Path, root: str, port: int) -> Iterator[str]:
+    """Run `tally serve` (``start_server``) for the block; yield its base URL."""
+    server = start_server(directory, root, port)
     try:
         yield f"http://127.0.0.1:{port}"
     finally:

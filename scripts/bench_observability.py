@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from bench_fixture import ledger_with_two_accounts
+from bench_fixture import ledger_with_two_accounts, start_server
 
 from tally.domain.keys import new_secret
 
@@ -72,24 +72,8 @@ def free_port() -> int:
 
 def start(directory: Path, root: str, extra: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("TALLY_")},
-        "TALLY_ROOT_KEY": root,
-        "TALLY_DATABASE_URL": f"sqlite:///{directory / 'bench.db'}",
-        "TALLY_LOG_FORMAT": "json",
-        "TALLY_LOG_LEVEL": "INFO",
-        "TALLY_SQLITE_SYNCHRONOUS": "NORMAL",
-        **extra,
-    }
-    tally = Path(sys.executable).parent / "tally"
-    process = subprocess.Popen(
-        [str(tally), "serve", "--port", str(port)],
-        env=env,
-        cwd=directory,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    return process, f"http://127.0.0.1:{port}"
+    settings = {"TALLY_LOG_LEVEL": "INFO", "TALLY_SQLITE_SYNCHRONOUS": "NORMAL", **extra}
+    return start_server(directory, root, port, settings), f"http://127.0.0.1:{port}"
 
 
 async def prepare(name: str, base: str, pid: int, root: str) -> Target:
