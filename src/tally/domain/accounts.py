@@ -133,13 +133,6 @@ class Account:
     def available(self) -> int:
         return self.balance.available(self.normal_balance)
 
-    def post(self, direction: Direction, amount: int) -> Account:
-        """This account after ``amount`` is posted to it; refuses a frozen, closed or out-of-bounds result."""
-        self.require_open()
-        return self.with_balance(
-            self.balance.moved(self.normal_balance, EntryKind.POSTING, direction, amount)
-        )
-
     def with_balance(self, balance: Balance, *, check_bounds: bool = True) -> Account:
         """A new balance, checked against the 64-bit range and (unless told not to) the bounds.
 

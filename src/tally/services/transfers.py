@@ -24,6 +24,7 @@ from tally.domain.errors import (
     ValidationFailed,
 )
 from tally.domain.ids import new_id
+from tally.domain.postings import settled
 from tally.domain.transfers import Transfer, TransferRequest, TransferStatus, plan
 from tally.services.ports import Database, NewEvent, Page, Transaction
 from tally.services.postings import add_hold, append_entries, lock_accounts, save_balances
@@ -101,7 +102,7 @@ async def _create(
     if request.pending:
         await add_hold(tx, transfer, accounts)
     await tx.events.add(NewEvent(ledger_id, "transfer.created", transfer_view(transfer), request_id), now)
-    accounts.update(posting.change.accounts)
+    settled(accounts, posting.change)
     return transfer, True
 
 

@@ -74,14 +74,12 @@ def transfer_view(transfer: Transfer) -> JsonObject:
             for leg in transfer.legs
         ],
     }
-    debit = [leg for leg in transfer.legs if leg.direction is Direction.DEBIT]
-    credit = [leg for leg in transfer.legs if leg.direction is Direction.CREDIT]
-    if len(debit) == 1 and len(credit) == 1:
-        # A two-leg transfer also reads in the simple form.
-        view["debit_account_id"] = debit[0].account_id
-        view["credit_account_id"] = credit[0].account_id
-        view["amount"] = debit[0].amount
-        view["currency"] = debit[0].currency
+    if transfer.is_simple:  # a two-leg transfer also reads in the simple form
+        debit, credit = sorted(transfer.legs, key=lambda leg: leg.direction is Direction.CREDIT)
+        view["debit_account_id"] = debit.account_id
+        view["credit_account_id"] = credit.account_id
+        view["amount"] = transfer.amount
+        view["currency"] = debit.currency
     view.update(
         {
             "description": transfer.description,
