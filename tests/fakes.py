@@ -214,7 +214,13 @@ class FakeTransferRepository(_Repository):
 
     async def save(self, transfer: Transfer) -> None:
         self._written()
-        self._state.transfers[transfer.pk] = transfer
+        stored = self._state.transfers[transfer.pk]
+        self._state.transfers[transfer.pk] = replace(transfer, legs=stored.legs)
+
+    async def save_leg_amounts(self, transfer: Transfer) -> None:
+        self._written()
+        stored = self._state.transfers[transfer.pk]
+        self._state.transfers[transfer.pk] = replace(stored, legs=transfer.legs)
 
     async def list(
         self,

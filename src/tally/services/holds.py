@@ -24,6 +24,8 @@ async def post_hold(
     transfer, now = await _pending(tx, ledger_id, transfer_id)
     accounts = await lock_accounts(tx, ledger_id, (leg.account_id for leg in transfer.legs), now)
     posted, change = holds.post(transfer, accounts, amount, now)
+    if amount is not None:  # a partial post: the legs now show what was posted
+        await tx.transfers.save_leg_amounts(posted)
     await record_resolution(
         tx, posted, change, now, entries_at=now, event="transfer.posted", request_id=request_id
     )

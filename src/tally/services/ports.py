@@ -168,7 +168,11 @@ class TransferRepository(Protocol):
     async def lock_by_pk(self, pk: int) -> Transfer | None: ...
 
     async def save(self, transfer: Transfer) -> None:
-        """Write status, ``posted_at``, ``held_amount``, ``reversed_amount`` and the leg amounts."""
+        """Write status, ``posted_at``, ``held_amount`` and ``reversed_amount`` (not the legs)."""
+        ...
+
+    async def save_leg_amounts(self, transfer: Transfer) -> None:
+        """Write the amount of every leg: after a partial post, the legs show what was posted."""
         ...
 
     async def list(

@@ -154,14 +154,16 @@ class SqlTransferRepository(SqlRepository):
                 "t_reversed_amount": transfer.reversed_amount,
             },
         )
-        stored = await self._legs([transfer.pk])
-        changed = [
-            {"l_transfer_pk": transfer.pk, "l_position": position, "l_amount": leg.amount}
-            for position, (leg, before) in enumerate(zip(transfer.legs, stored[transfer.pk], strict=True))
-            if leg.amount != before.amount
-        ]
-        if changed:  # a partial post: the legs show what was posted
-            await self._conn.execute(_save_leg, changed)
+
+    async def save_leg_amounts(self, transfer: Transfer) -> None:
+        self._tx.mark_written()
+        await self._conn.execute(
+            _save_leg,
+            [
+                {"l_transfer_pk": transfer.pk, "l_position": position, "l_amount": leg.amount}
+                for position, leg in enumerate(transfer.legs)
+            ],
+        )
 
     def _locking(self, for_update: Any, plain: Any) -> Any:
         return plain if self._conn.dialect.name == "sqlite" else for_update
