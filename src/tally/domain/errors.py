@@ -36,6 +36,7 @@ exactly one problem ``code`` and HTTP status. Services and adapters raise these,
     │   └── BatchFailed              422 batch_failed (with the failure of each item)
     └── ServiceError                 the service cannot answer now; nothing was applied
         ├── Unavailable              503 unavailable
+        │   └── TransientConflict        lost a race (deadlock, duplicate insert); retried first
         └── DeadlineExceeded         504 deadline_exceeded
 """
 
@@ -196,6 +197,10 @@ class ServiceError(TallyError):
 
 class Unavailable(ServiceError):
     pass
+
+
+class TransientConflict(Unavailable):
+    """The transaction lost a race with another and was rolled back; running it again is safe."""
 
 
 class DeadlineExceeded(ServiceError):

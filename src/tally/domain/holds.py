@@ -21,8 +21,9 @@ from tally.domain.postings import Change, Movement, apply
 from tally.domain.transfers import Transfer, TransferStatus
 
 
-def require_pending(transfer: Transfer, now: datetime) -> None:
-    status = transfer.seen_at(now).status
+def require_pending(transfer: Transfer, now: datetime | None) -> None:
+    """Refuse a transfer that is not pending at ``now`` (``None``: by its stored status alone)."""
+    status = transfer.status if now is None else transfer.seen_at(now).status
     if status is not TransferStatus.PENDING:
         raise TransferNotPending(f"Transfer {transfer.id} is {status.value}, not pending.")
 

@@ -97,7 +97,7 @@ async def change_account(
     request_id: str | None,
 ) -> Account:
     # Sweeping first: a hold that has expired no longer stands in the way of closing.
-    locked = await lock_accounts(tx, ledger_id, [account_id], await tx.now())
+    locked = await lock_accounts(tx, ledger_id, [account_id])
     account = locked.get(account_id)
     if account is None:
         raise NotFound(f"Account {account_id} does not exist.")

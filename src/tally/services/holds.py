@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from tally.domain import holds
+from tally.domain.accounts import Account
 from tally.domain.errors import NotFound
 from tally.domain.transfers import Transfer, TransferStatus
 from tally.services.ports import Database, Transaction
@@ -21,8 +22,7 @@ async def post_hold(
     tx: Transaction, ledger_id: str, transfer_id: str, amount: int | None, *, request_id: str | None
 ) -> Transfer:
     """Post a pending transfer; ``amount`` posts part of a two-leg hold and releases the rest."""
-    transfer, now = await _pending(tx, ledger_id, transfer_id)
-    accounts = await lock_accounts(tx, ledger_id, (leg.account_id for leg in transfer.legs), now)
+    transfer, accounts, now = await _pending(tx, ledger_id, transfer_id)
     posted, change = holds.post(transfer, accounts, amount, now)
     if amount is not None:  # a partial post: the legs now show what was posted
         await tx.transfers.save_leg_amounts(posted)
@@ -34,8 +34,7 @@ async def post_hold(
 
 async def void_hold(tx: Transaction, ledger_id: str, transfer_id: str, *, request_id: str | None) -> Transfer:
     """Release a pending transfer's hold in full."""
-    transfer, now = await _pending(tx, ledger_id, transfer_id)
-    accounts = await lock_accounts(tx, ledger_id, (leg.account_id for leg in transfer.legs), now)
+    transfer, accounts, now = await _pending(tx, ledger_id, transfer_id)
     voided, change = holds.void(transfer, accounts, now)
     await record_resolution(
         tx, voided, change, now, entries_at=now, event="transfer.voided", request_id=request_id
@@ -43,14 +42,20 @@ async def void_hold(tx: Transaction, ledger_id: str, transfer_id: str, *, reques
     return voided
 
 
-async def _pending(tx: Transaction, ledger_id: str, transfer_id: str) -> tuple[Transfer, datetime]:
-    now = await tx.now()
+async def _pending(
+    tx: Transaction, ledger_id: str, transfer_id: str
+) -> tuple[Transfer, dict[str, Account], datetime]:
+    """The pending transfer, locked, and its accounts, locked; the time is read after both."""
     transfer = await tx.transfers.lock(ledger_id, transfer_id)
     if transfer is None:
         raise NotFound(f"Transfer {transfer_id} does not exist.")
-    # Checked before the accounts are locked, which would sweep a due hold for nothing.
+    holds.require_pending(transfer, None)  # posted or voided: refused before any account is locked
+    accounts = await lock_accounts(tx, ledger_id, (leg.account_id for leg in transfer.legs))
+    now = await tx.now()
+    # A hold that came due is refused as expired (the sweep just wrote it down; the refusal rolls
+    # that back, and the sweeper writes it down again).
     holds.require_pending(transfer, now)
-    return transfer, now
+    return transfer, accounts, now
 
 
 async def expire_due_holds(database: Database) -> int:
@@ -71,5 +76,5 @@ async def expire_due_holds(database: Database) -> int:
             if transfer is None or transfer.status is not TransferStatus.PENDING:
                 continue  # expired a moment ago, with the accounts of another due hold
             # Locking its accounts expires it, with every other due hold on them, in order.
-            await lock_accounts(tx, transfer.ledger_id, (leg.account_id for leg in transfer.legs), now)
+            await lock_accounts(tx, transfer.ledger_id, (leg.account_id for leg in transfer.legs))
     return len(due)

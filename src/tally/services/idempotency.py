@@ -7,8 +7,9 @@ again with no second effect; with another fingerprint it is refused (``Idempoten
 the first is still running in this process, it is refused (``IdempotencyKeyInUse``). A request that
 fails otherwise commits nothing, so its key is free again.
 
-Across processes the database's write lock orders two requests with one key: the second one waits,
-then finds the stored reply.
+Across processes the database orders two requests with one key: on SQLite the second waits for the
+write lock, then finds the stored reply; on PostgreSQL the second one's insert of the key waits for
+the first to commit, fails as a duplicate, and the retry (``services.retries``) finds the reply.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from tally.domain.errors import (
     TallyError,
 )
 from tally.services.ports import Database, IdempotencyRecord, StoredReply, Transaction
+from tally.services.retries import retry_conflicts
 
 RETENTION = timedelta(hours=24)
 
@@ -78,7 +80,7 @@ class IdempotentExecutor:
         self, ledger_id: str, key: IdempotencyKey | None, action: Action, reject: Reject
     ) -> Outcome:
         try:
-            return await self._transaction(ledger_id, key, action, reject)
+            return await retry_conflicts(lambda: self._transaction(ledger_id, key, action, reject))
         except _RejectedAfterWrite as rejected:
             # The rejection surfaced after a row was written: that write is rolled back, and the
             # rejection alone is stored in a fresh transaction.
@@ -87,7 +89,7 @@ class IdempotentExecutor:
             async def stored(_: Transaction) -> StoredReply:
                 return reply
 
-            return await self._transaction(ledger_id, key, stored, reject)
+            return await retry_conflicts(lambda: self._transaction(ledger_id, key, stored, reject))
 
     async def _transaction(
         self, ledger_id: str, key: IdempotencyKey | None, action: Action, reject: Reject

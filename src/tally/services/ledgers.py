@@ -11,6 +11,7 @@ from tally.domain.errors import NotFound, Unauthenticated
 from tally.domain.ids import new_id
 from tally.domain.keys import ApiKey, Ledger, Scope, hash_secret, new_secret, secret_kind
 from tally.services.ports import Database, Page, Transaction
+from tally.services.retries import retry_conflicts
 
 ROOT_KEY_HASH = "root_key_hash"
 
@@ -160,6 +161,10 @@ async def root_key_hash(database: Database, configured: str | None) -> tuple[byt
     if stored is not None:
         return stored, None
     secret = new_secret("root")
-    async with database.write() as tx:
-        kept = await tx.instance.put_if_absent(ROOT_KEY_HASH, hash_secret(secret))
+
+    async def put() -> bytes:
+        async with database.write() as tx:
+            return await tx.instance.put_if_absent(ROOT_KEY_HASH, hash_secret(secret))
+
+    kept = await retry_conflicts(put)  # another process may be storing its own at this moment
     return kept, secret if kept == hash_secret(secret) else None

@@ -21,11 +21,15 @@ from tally.services.ports import HeldLeg, NewEntry, NewEvent, Transaction
 from tally.services.views import transfer_view
 
 
-async def lock_accounts(
-    tx: Transaction, ledger_id: str, account_ids: Iterable[str], now: datetime
-) -> dict[str, Account]:
-    """The existing accounts among ``account_ids``, locked, with their due holds expired first."""
+async def lock_accounts(tx: Transaction, ledger_id: str, account_ids: Iterable[str]) -> dict[str, Account]:
+    """The existing accounts among ``account_ids``, locked, with their due holds expired first.
+
+    The transaction's time is read here, after the locks (ADR 0020): a write that waited for an
+    account behind another one gets a later time than it, so each account's entries are dated in
+    the order they were written, which ``balance_as_of`` relies on.
+    """
     accounts = await tx.accounts.lock(ledger_id, sorted(set(account_ids)))
+    now = await tx.now()
     due: dict[int, Transfer] = {}
     while True:
         holding = [a.pk for a in accounts.values() if not _without_holds(a)]

@@ -21,12 +21,12 @@ async def reverse_transfer(
     request_id: str | None,
 ) -> Transfer:
     """Reverse ``amount`` of a posted transfer (``None``: what is left); return the reversal."""
-    now = await tx.now()
     original = await tx.transfers.lock(ledger_id, transfer_id)
     if original is None:
         raise NotFound(f"Transfer {transfer_id} does not exist.")
     reversals.require_posted(original)
-    accounts = await lock_accounts(tx, ledger_id, (leg.account_id for leg in original.legs), now)
+    accounts = await lock_accounts(tx, ledger_id, (leg.account_id for leg in original.legs))
+    now = await tx.now()
     reversal = reversals.reverse(original, accounts, amount)
     await save_balances(tx, reversal.change, now)
     await tx.transfers.save(reversal.original)

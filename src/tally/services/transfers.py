@@ -43,8 +43,8 @@ async def create_transfer(
 
     Returns the transfer and whether it was created now. ``request.check()`` must have passed.
     """
+    accounts = await lock_accounts(tx, ledger_id, (leg.account_id for leg in request.legs))
     now = await tx.now()
-    accounts = await lock_accounts(tx, ledger_id, (leg.account_id for leg in request.legs), now)
     return await _create(
         tx, ledger_id, request, accounts, now=now, request_hash=request_hash, request_id=request_id
     )
@@ -137,9 +137,9 @@ async def create_batch(
     the transaction rolls back); otherwise failed items are reported and the rest is applied. The
     accounts of the whole batch are locked once, up front, in one order.
     """
-    now = await tx.now()
     named = (leg.account_id for item in items if item.request for leg in item.request.legs)
-    accounts = await lock_accounts(tx, ledger_id, named, now)
+    accounts = await lock_accounts(tx, ledger_id, named)
+    now = await tx.now()
     outcomes: list[ItemOutcome] = []
     for index, item in enumerate(items):
         if item.request is None:

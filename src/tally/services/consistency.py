@@ -1,0 +1,64 @@
+"""What a read asks of the database, and what the answer turned out to be (API.md, ADR 0021).
+
+The API sets the read's intent from ``Tally-Consistency`` and ``Tally-Consistency-Token``; the
+database adapter reads it to pick where the read runs, and, when the answer came from somewhere
+that may lag (a replica), reports it on the request's ``ReadOrigin`` so the API can label the
+response ``Tally-Stale: true`` with ``Tally-As-Of``. Writes ignore the intent: they are always
+strong, on the primary.
+
+Both live in context variables, like the time budget (``services.deadline``): no port signature
+grows a parameter that only the adapter reads.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+
+class Consistency(StrEnum):
+    STRONG = "strong"  # the primary, or 503 unavailable
+    AVAILABLE = "available"  # a replica within the lag bound, else the primary, else a stale replica
+
+
+@dataclass(frozen=True, slots=True)
+class ReadIntent:
+    level: Consistency = Consistency.AVAILABLE
+    token: str | None = None  # a consistency token the answer must include
+
+
+@dataclass(slots=True)
+class ReadOrigin:
+    """Filled in by the adapter: set when some answer of the request may lag, and from when."""
+
+    as_of: datetime | None = None
+
+    @property
+    def stale(self) -> bool:
+        return self.as_of is not None
+
+
+_intent: ContextVar[ReadIntent | None] = ContextVar("tally_read_intent", default=None)
+_origin: ContextVar[ReadOrigin | None] = ContextVar("tally_read_origin", default=None)
+_DEFAULT = ReadIntent()
+
+
+def read_intent() -> ReadIntent:
+    return _intent.get() or _DEFAULT
+
+
+def begin_reads(intent: ReadIntent) -> ReadOrigin:
+    """Set the intent of this request's reads; return the origin the adapter will fill in."""
+    origin = ReadOrigin()
+    _intent.set(intent)
+    _origin.set(origin)
+    return origin
+
+
+def report_lagging(as_of: datetime) -> None:
+    """An answer of this request comes from data known current only as of ``as_of``."""
+    origin = _origin.get()
+    if origin is not None and (origin.as_of is None or as_of < origin.as_of):
+        origin.as_of = as_of  # several reads: the oldest bounds the whole answer
