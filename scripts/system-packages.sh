@@ -7,6 +7,10 @@ declare -A wanted=(
     [promtool]=prometheus            # `promtool test rules` over deploy/prometheus/alerts.yml
     [chromium]=chromium              # the dashboard's browser test (headless)
     [chromedriver]=chromium-driver   # ... driven through Selenium
+    # tests/pg_cluster.py: a PostgreSQL 15 primary and streaming replicas. Debian keeps the server
+    # binaries off PATH, hence absolute paths (`command -v` accepts an executable's path).
+    [/usr/lib/postgresql/15/bin/initdb]=postgresql-15
+    [/usr/lib/postgresql/15/bin/pg_basebackup]=postgresql-client-15
 )
 missing=()
 for cmd in "${!wanted[@]}"; do
