@@ -6,7 +6,23 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import LedgerKeys, Server, asgi_client, new_ledger, settings_for, start_server
+from tests.support import (
+    BACKENDS,
+    LedgerKeys,
+    Server,
+    asgi_client,
+    client_for,
+    new_ledger,
+    settings_for,
+    start_server,
+)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_shared_cluster() -> Iterator[None]:
+    """The PostgreSQL cluster the tests share is started on first use; stop it when they are done."""
+    yield
+    BACKENDS.stop()
 
 
 @pytest.fixture
@@ -33,7 +49,7 @@ def server(tmp_path: Path) -> Iterator[Server]:
 
 @pytest.fixture
 async def server_client(server: Server) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as c:
+    async with client_for(server.base_url) as c:
         yield c
 
 
@@ -46,7 +62,7 @@ async def any_client(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIte
         return
     running = start_server(tmp_path)
     try:
-        async with httpx.AsyncClient(base_url=running.base_url, timeout=30) as c:
+        async with client_for(running.base_url) as c:
             yield c
     finally:
         running.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -22,6 +23,7 @@ from tally.api.app import create_app
 from tally.bootstrap import Tally
 from tally.config import Settings
 from tally.domain.keys import new_secret
+from tests.pg_cluster import PgCluster, require_postgres, start_cluster
 
 ROOT_KEY = new_secret("root")
 
@@ -30,9 +32,99 @@ def sqlite_url(directory: Path) -> str:
     return f"sqlite:///{directory / 'tally.db'}"
 
 
+class Backends:
+    """Which database the current test runs on, and the databases it made there.
+
+    ``tests/api/conftest.py`` runs each test once per backend. On ``postgresql`` every test
+    directory gets a fresh database on one shared primary + streaming replica cluster (started once
+    per session, stopped at exit), and it is dropped when the test ends.
+    """
+
+    def __init__(self) -> None:
+        self.name = "sqlite"
+        self._cluster: PgCluster | None = None
+        self._made: dict[Path, str] = {}
+
+    def cluster(self) -> PgCluster:
+        if self._cluster is None:
+            require_postgres()
+            self._cluster = start_cluster()
+        return self._cluster
+
+    def urls(self, directory: Path) -> tuple[str, list[str]]:
+        """The primary's URL and the replicas' for the test directory ``directory``."""
+        if self.name == "sqlite":
+            return sqlite_url(directory), []
+        cluster = self.cluster()
+        if directory not in self._made:
+            self._made[directory] = cluster.create_database()
+        name = self._made[directory]
+        return cluster.primary.url(name), [replica.url(name) for replica in cluster.replicas]
+
+    def rows(self, directory: Path, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Run ``query`` (``?`` placeholders) on the primary of ``directory``'s database."""
+        if self.name == "sqlite":
+            with sqlite3.connect(directory / "tally.db", timeout=30) as connection:
+                found = connection.execute(query, params).fetchall()
+            connection.close()
+            return found
+        self.urls(directory)
+        return self.cluster().primary.execute(query.replace("?", "%s"), self._made[directory], params)  # type: ignore[arg-type]
+
+    def finish(self) -> None:
+        """Drop the test's PostgreSQL databases; back to SQLite for the next test."""
+        for name in self._made.values():
+            if self._cluster is not None:
+                self._cluster.drop_database(name)
+        self._made.clear()
+        self.name = "sqlite"
+        SESSION.token = None
+
+    def stop(self) -> None:
+        if self._cluster is not None:
+            self._cluster.stop()
+            self._cluster = None
+
+
+BACKENDS = Backends()
+
+
+class ClientSession:
+    """Read-your-writes for test clients: every response's consistency token is sent on later requests.
+
+    A real client that reads what it just wrote sends ``Tally-Consistency-Token`` back (API.md);
+    tests do the same through these hooks, so their reads are right whatever replica answers.
+    """
+
+    def __init__(self) -> None:
+        self.token: str | None = None
+
+    async def before(self, request: httpx.Request) -> None:
+        if self.token is not None and "tally-consistency-token" not in request.headers:
+            request.headers["Tally-Consistency-Token"] = self.token
+
+    async def after(self, response: httpx.Response) -> None:
+        token = response.headers.get("tally-consistency-token")
+        if token is not None:
+            self.token = token
+
+    def hooks(self) -> dict[str, Any]:
+        return {"request": [self.before], "response": [self.after]}
+
+
+SESSION = ClientSession()
+
+
+def client_for(base_url: str, **options: Any) -> httpx.AsyncClient:
+    """A client of a real server that carries consistency tokens like an application would."""
+    return httpx.AsyncClient(base_url=base_url, timeout=30, event_hooks=SESSION.hooks(), **options)
+
+
 def settings_for(directory: Path, **overrides: Any) -> Settings:
+    url, replicas = BACKENDS.urls(directory)
     values: dict[str, Any] = {
-        "database_url": sqlite_url(directory),
+        "database_url": url,
+        "replica_urls": replicas,
         "root_key": ROOT_KEY,
         "log_format": "json",
     }
@@ -46,7 +138,9 @@ async def asgi_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(Tally(settings))
     async with LifespanManager(app) as manager:
         transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://tally") as client:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://tally", event_hooks=SESSION.hooks()
+        ) as client:
             yield client
 
 
@@ -133,9 +227,11 @@ def start_server(
     """Start ``tally serve`` on a free port; stdout and stderr go to a log file in ``directory``."""
     port = free_port()
     log_path = directory / f"server-{port}.log"
+    url, replicas = BACKENDS.urls(directory)
     full_env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("TALLY_")},
-        "TALLY_DATABASE_URL": sqlite_url(directory),
+        "TALLY_DATABASE_URL": url,
+        "TALLY_REPLICA_URLS": ",".join(replicas),
         "TALLY_LOG_FORMAT": "json",
         **(env or {}),
     }

@@ -7,6 +7,7 @@ import contextlib
 import sys
 
 from fastapi import FastAPI
+from sqlalchemy.engine import make_url
 
 from tally.api.app import create_app
 from tally.config import Settings
@@ -16,7 +17,10 @@ from tally.observability.telemetry import Telemetry
 from tally.services.holds import expire_due_holds
 from tally.services.idempotency import IdempotentExecutor
 from tally.services.ledgers import ROOT_KEY_HASH, Authenticator, KeyUsage, root_key_hash
-from tally.store.sqlite import open_database
+from tally.store.breaker import Breaker
+from tally.store.instrumentation import ConnectionObserver
+from tally.store.postgres import PostgresDatabase
+from tally.store.sqlite import SqliteDatabase
 
 _log = get_logger("tally")
 KEY_USAGE_FLUSH_SECONDS = 5.0
@@ -39,13 +43,7 @@ class Tally:
             else None
         )
         self.request_observer = self.telemetry.requests if self.telemetry else None
-        self.database = open_database(
-            settings.database_url,
-            read_pool_size=settings.read_pool_size,
-            synchronous=settings.sqlite_synchronous,
-            lock_wait_seconds=settings.request_timeout_ms / 1000,
-            observer=self.telemetry.pools if self.telemetry else None,
-        )
+        self.database = open_database(settings, self.telemetry.pools if self.telemetry else None)
         if self.telemetry is not None:
             self.telemetry.instrument(self.database)
         self.executor = IdempotentExecutor(self.database)
@@ -119,6 +117,41 @@ class Tally:
         except Exception:
             return {"database": "down"}
         return {"database": "ok"}
+
+
+def open_database(
+    settings: Settings, observer: ConnectionObserver | None
+) -> SqliteDatabase | PostgresDatabase:
+    """The database adapter ``TALLY_DATABASE_URL`` names: SQLite (embedded) or PostgreSQL."""
+    backend = make_url(settings.database_url).get_backend_name()
+    lock_wait = settings.request_timeout_ms / 1000
+    if backend == "sqlite":
+        if settings.replica_urls:
+            raise ValueError(
+                "TALLY_REPLICA_URLS needs a PostgreSQL TALLY_DATABASE_URL; SQLite has no replicas."
+            )
+        return SqliteDatabase(
+            settings.database_url,
+            read_pool_size=settings.read_pool_size,
+            synchronous=settings.sqlite_synchronous,
+            lock_wait_seconds=lock_wait,
+            observer=observer,
+        )
+    if backend == "postgresql":
+        return PostgresDatabase(
+            settings.database_url,
+            replica_urls=tuple(settings.replica_urls),
+            pool_size=settings.pool_size,
+            replica_pool_size=settings.replica_pool_size,
+            max_lag_seconds=settings.replica_max_lag_ms / 1000,
+            check_seconds=settings.replica_check_ms / 1000,
+            lock_wait_seconds=lock_wait,
+            breaker=Breaker(cooldown=settings.breaker_cooldown_ms / 1000),
+            observer=observer,
+        )
+    raise ValueError(
+        f"TALLY_DATABASE_URL names {backend!r}; use sqlite:///path.db or postgresql+psycopg://user@host/db."
+    )
 
 
 def _secrets_of(settings: Settings) -> list[str]:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from tally.domain.keys import secret_kind
 
@@ -21,7 +21,20 @@ class Settings(BaseSettings):
 
     database_url: str = Field(
         default_factory=lambda: f"sqlite:///{Path.cwd() / 'tally.db'}",
-        description="Primary database: sqlite:///path.db (PostgreSQL arrives in a later release).",
+        description="Primary database: sqlite:///path.db or postgresql+psycopg://user:password@host/db.",
+    )
+    replica_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated PostgreSQL read replicas (streaming standbys of the primary).",
+    )
+    pool_size: int = Field(default=10, ge=1, le=500, description="Connections to the PostgreSQL primary.")
+    replica_pool_size: int = Field(default=10, ge=1, le=500, description="Connections to each replica.")
+    replica_max_lag_ms: int = Field(
+        default=1000, ge=0, description="A replica further behind than this serves no fresh read."
+    )
+    replica_check_ms: int = Field(default=200, ge=10, description="How often replica lag is measured.")
+    breaker_cooldown_ms: int = Field(
+        default=1000, ge=10, description="After the primary fails, writes fail fast for this long (doubling)."
     )
     root_key: SecretStr | None = Field(
         default=None,
@@ -61,6 +74,13 @@ class Settings(BaseSettings):
     prometheus_multiproc_dir: Path | None = Field(
         default=None, validation_alias=AliasChoices("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir")
     )
+
+    @field_validator("replica_urls", mode="before")
+    @classmethod
+    def _split_replica_urls(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [url.strip() for url in value.split(",") if url.strip()]
+        return value
 
     @field_validator("root_key")
     @classmethod

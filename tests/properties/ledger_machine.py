@@ -51,7 +51,7 @@ from tally.services.transfers import (
 )
 from tally.services.views import JsonObject, account_view, transfer_view
 from tally.store.codec import from_micros
-from tally.store.sqlite import open_database
+from tally.store.sqlite import SqliteDatabase
 from tests.properties.ledger_model import (
     CREDIT,
     CURRENCIES,
@@ -96,7 +96,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.loop = asyncio.new_event_loop()
         self.micros = START  # the clock's reading
         self.written = START  # the database's last write time, which its clock never goes behind
-        self.db = open_database(f"sqlite:///{self.path}", clock=lambda: self.micros, synchronous="NORMAL")
+        self.db = SqliteDatabase(f"sqlite:///{self.path}", clock=lambda: self.micros, synchronous="NORMAL")
         self.executor = IdempotentExecutor(self.db)
         self.ledger = LedgerModel()
         self.proposals: dict[str, Proposal] = {}  # bodies of the transfers created with a client id

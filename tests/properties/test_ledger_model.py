@@ -60,7 +60,7 @@ from tally.services.transfers import (
     get_transfer,
 )
 from tally.store.codec import from_micros
-from tally.store.sqlite import open_database
+from tally.store.sqlite import SqliteDatabase
 from tests.properties.ledger_machine import LedgerMachine
 from tests.properties.ledger_model import CREDIT, DEBIT, LEDGER, ROOT, START, Parts, Proposal, digest
 
@@ -177,7 +177,7 @@ async def test_an_account_created_again_reads_as_a_get_does_once_its_hold_expire
     """API.md: a create with an existing id and the same body returns the existing resource; from a
     hold's ``expires_at`` on, it no longer counts as pending, whether or not a sweeper has run."""
     micros = START
-    db = open_database(f"sqlite:///{tmp_path / 'tally.db'}", clock=lambda: micros)
+    db = SqliteDatabase(f"sqlite:///{tmp_path / 'tally.db'}", clock=lambda: micros)
     await db.start()
     try:
         async with db.write() as tx:

@@ -1,14 +1,16 @@
 """The unit of work over SQL: one ``SqlTransaction`` per database transaction, and the factory.
 
-``open_database`` picks the adapter from the URL. Every adapter hands out ``SqlTransaction``
-objects whose repositories run SQLAlchemy Core statements on one connection.
+The composition root (``bootstrap.open_database``) picks the adapter from the URL
+(``store.sqlite`` or ``store.postgres``). Every adapter hands out ``SqlTransaction`` objects whose
+repositories run SQLAlchemy Core statements on one connection.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
 
+from tally.domain.errors import TransientConflict
 from tally.services.ports import (
     AccountRepository,
     ApiKeyRepository,
@@ -20,7 +22,7 @@ from tally.services.ports import (
     LedgerRepository,
     TransferRepository,
 )
-from tally.store.codec import from_micros
+from tally.store.codec import from_micros, to_micros
 from tally.store.repositories.accounts import SqlAccountRepository
 from tally.store.repositories.base import SqlConnection
 from tally.store.repositories.entries import (
@@ -40,7 +42,7 @@ from tally.store.repositories.transfers import SqlTransferRepository
 class SqlTransaction:
     """The unit of work of one database transaction (implements ``services.ports.Transaction``)."""
 
-    def __init__(self, conn: SqlConnection, now: Callable[[], int]) -> None:
+    def __init__(self, conn: SqlConnection, now: Callable[[], Awaitable[int]]) -> None:
         self.connection = conn  # for statements outside the repositories (jobs, plan checks)
         self._now = now
         self._at: datetime | None = None
@@ -66,7 +68,18 @@ class SqlTransaction:
     def saw_event(self, position: int) -> None:
         self.last_event = max(self.last_event, position)
 
+    def locked(self, changed_at: Iterable[int]) -> None:
+        """Rows were locked that last changed at ``changed_at`` (microseconds).
+
+        A write reads its time after its locks (``services.postings.lock_accounts``), so a row that
+        changed at or after a time already fixed means this transaction fixed it before waiting
+        behind that change; dating its entries then would put them before the change they follow.
+        The transaction is run again instead (ADR 0020).
+        """
+        if self._at is not None and max(changed_at, default=0) >= to_micros(self._at):
+            raise TransientConflict("Another transaction changed a locked row after this one's time.")
+
     async def now(self) -> datetime:
         if self._at is None:
-            self._at = from_micros(self._now())
+            self._at = from_micros(await self._now())
         return self._at

@@ -162,14 +162,14 @@ class SqliteDatabase:
             self._position = max(self._position, last[0])
             self._last_write_micros = max(self._last_write_micros, last[1])
 
-    def _write_now(self) -> int:
+    async def _write_now(self) -> int:
         # Monotonic across every process writing the file: a later commit never carries an
         # earlier time, so ``as_of`` reads and orderings by time agree with commit order.
         micros = max(self._clock(), self._last_write_micros + 1)
         self._last_write_micros = micros
         return micros
 
-    def _read_now(self) -> int:
+    async def _read_now(self) -> int:
         # Never behind a commit this process made (write times may run ahead of the clock).
         return max(self._clock(), self._last_write_micros)
 
@@ -268,11 +268,3 @@ class _interrupt_at_deadline:  # noqa: N801 - used as a context manager, reads l
         # SQLAlchemy wraps the driver's "interrupted" error in its own OperationalError.
         if isinstance(error, OperationalError) and _is_interrupt(error):
             raise DeadlineExceeded("The time budget ran out; nothing was applied.") from error
-
-
-def open_database(url: str, **options: Any) -> SqliteDatabase:
-    """The database adapter for ``url``. SQLite now; PostgreSQL arrives with its own adapter."""
-    backend = make_url(url).get_backend_name()
-    if backend != "sqlite":
-        raise ValueError(f"TALLY_DATABASE_URL names {backend!r}; this version of Tally runs on SQLite only.")
-    return SqliteDatabase(url, **options)

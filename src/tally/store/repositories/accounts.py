@@ -45,7 +45,7 @@ _many_by_id = select(_a).where(
     _a.c.ledger_id == bindparam("ledger_id"), _a.c.id.in_(bindparam("ids", expanding=True))
 )
 # Row locks in pk order (see lock()).
-_many_by_id_for_update = _many_by_id.order_by(_a.c.pk).with_for_update()
+_many_by_id_for_update = _many_by_id.order_by(_a.c.pk).with_for_update(key_share=True)  # NO KEY UPDATE
 # Balance updates go through one prepared shape, executed for all touched accounts at once.
 _save_balance = (
     update(_a)
@@ -91,13 +91,15 @@ class SqlAccountRepository(SqlRepository):
         return None if row is None else account_from_row(row)
 
     async def lock(self, ledger_id: str, account_ids: Sequence[str]) -> dict[str, Account]:
-        # On PostgreSQL, FOR UPDATE in pk order: every writer takes account row locks in one order,
-        # so two transfers over the same accounts never deadlock. SQLite has no row locks (its write
-        # transaction holds the database's write lock), and an ORDER BY there would steer its
-        # planner off the (ledger_id, id) index onto a scan of the whole ledger.
+        # On PostgreSQL, FOR NO KEY UPDATE in pk order: every writer takes account row locks in one
+        # order, so two transfers over the same accounts never deadlock, and the KEY SHARE locks
+        # that inserting legs and entries takes through their foreign keys never conflict with it
+        # (ADR 0020). SQLite has no row locks (its write transaction holds the database's write
+        # lock), and an ORDER BY there would steer its planner off the (ledger_id, id) index.
         query = _many_by_id if self._conn.dialect.name == "sqlite" else _many_by_id_for_update
         params = {"ledger_id": ledger_id, "ids": list(account_ids)}
         rows = (await self._conn.execute(query, params)).all()
+        self._tx.locked(row.updated_at for row in rows)
         return {row.id: account_from_row(row) for row in rows}
 
     async def save_balances(self, accounts: Sequence[Account], at: datetime) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import Dialect, Executable, Result
@@ -29,6 +29,7 @@ class SqlConnection(Protocol):
 class WriteTracker(Protocol):
     def mark_written(self) -> None: ...
     def saw_event(self, position: int) -> None: ...
+    def locked(self, changed_at: Iterable[int]) -> None: ...
 
 
 class SqlRepository:

@@ -35,9 +35,9 @@ _with_reversed = select(*_t.c, _reversed.c.id.label("reverses_id")).outerjoin(
     _reversed, _reversed.c.pk == _t.c.reverses_pk
 )
 _by_id = _with_reversed.where(_t.c.ledger_id == bindparam("ledger_id"), _t.c.id == bindparam("id"))
-_by_id_for_update = _by_id.with_for_update(of=_t)
+_by_id_for_update = _by_id.with_for_update(of=_t, key_share=True)
 _by_pk = _with_reversed.where(_t.c.pk == bindparam("pk"))
-_by_pk_for_update = _by_pk.with_for_update(of=_t)
+_by_pk_for_update = _by_pk.with_for_update(of=_t, key_share=True)
 _insert = insert(_t).returning(_t.c.pk)
 _insert_legs = insert(_l)
 _save = (
