@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -17,9 +16,8 @@ from typing import Any
 
 import httpx
 
-from tests.support import LedgerKeys, idem, open_account
+from tests.support import BACKENDS, LedgerKeys, idem, open_account
 
-DATABASE = "tally.db"  # the file that ``settings_for`` and ``start_server`` give a test's directory
 WAIT_SECONDS = 15.0  # the bound of every poll; generous, since it is only reached when a test fails
 
 
@@ -132,31 +130,24 @@ async def listed(client: httpx.AsyncClient, ledger: LedgerKeys, **query: Any) ->
 
 def events(directory: Path, ledger_id: str) -> list[dict[str, Any]]:
     """The ledger's events, oldest first, as ``{type, request_id, data}``."""
-    with sqlite3.connect(directory / DATABASE, timeout=30) as connection:
-        rows = connection.execute(
-            "SELECT type, request_id, data FROM events WHERE ledger_id = ? ORDER BY pk", (ledger_id,)
-        ).fetchall()
-    connection.close()
+    rows = BACKENDS.rows(
+        directory, "SELECT type, request_id, data FROM events WHERE ledger_id = ? ORDER BY pk", (ledger_id,)
+    )
     return [{"type": t, "request_id": r, "data": json.loads(d)} for t, r, d in rows]
 
 
 def stored_status(directory: Path, transfer_id: str) -> str:
     """The status written in the transfers table (a read may already see a due hold as expired)."""
-    with sqlite3.connect(directory / DATABASE, timeout=30) as connection:
-        row = connection.execute("SELECT status FROM transfers WHERE id = ?", (transfer_id,)).fetchone()
-    connection.close()
-    status: str = row[0]
-    return status
+    [(status,)] = BACKENDS.rows(directory, "SELECT status FROM transfers WHERE id = ?", (transfer_id,))
+    return str(status)
 
 
 def table_counts(directory: Path) -> dict[str, int]:
     """Rows of the tables a transfer operation writes, hold and release entries included."""
-    counts = {}
-    with sqlite3.connect(directory / DATABASE, timeout=30) as connection:
-        for table in ("transfers", "entries", "holds", "events"):
-            counts[table] = connection.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # noqa: S608
-    connection.close()
-    return counts
+    return {
+        table: BACKENDS.rows(directory, f"SELECT count(*) FROM {table}")[0][0]  # noqa: S608
+        for table in ("transfers", "entries", "holds", "events")
+    }
 
 
 async def snapshot(client: httpx.AsyncClient, ledger: LedgerKeys, directory: Path) -> dict[str, Any]:

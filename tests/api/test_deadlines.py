@@ -9,20 +9,33 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import psycopg
 
-from tests.support import LedgerKeys, assert_problem, funded_account, idem, open_account
+from tests.support import BACKENDS, LedgerKeys, assert_problem, funded_account, idem, open_account
 
 
 @contextmanager
-def write_lock_held_elsewhere(database: Path) -> Iterator[None]:
-    """Another process's writer: holds SQLite's write lock until the block ends."""
-    other = sqlite3.connect(database, isolation_level=None)
-    try:
-        other.execute("BEGIN IMMEDIATE")
+def write_lock_held_elsewhere(directory: Path) -> Iterator[None]:
+    """Another process's transaction holds what a transfer needs until the block ends.
+
+    On SQLite, the file's write lock (``BEGIN IMMEDIATE``); on PostgreSQL, every account row
+    (``FOR UPDATE``), so the transfer waits in its ``statement_timeout``.
+    """
+    if BACKENDS.name == "sqlite":
+        other = sqlite3.connect(directory / "tally.db", isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            yield
+            other.execute("ROLLBACK")
+        finally:
+            other.close()
+        return
+    url, _ = BACKENDS.urls(directory)
+    database = url.rsplit("/", 1)[1]
+    with psycopg.connect(BACKENDS.cluster().primary.dsn(database)) as conn:
+        conn.execute("SELECT pk FROM accounts FOR UPDATE").fetchall()
         yield
-        other.execute("ROLLBACK")
-    finally:
-        other.close()
+        conn.rollback()
 
 
 async def test_a_transfer_that_cannot_get_the_lock_in_its_budget_is_a_504_with_nothing_applied(
@@ -33,7 +46,7 @@ async def test_a_transfer_that_cannot_get_the_lock_in_its_budget_is_a_504_with_n
     headers = {**ledger.write, **idem("pay-1"), "Tally-Timeout-Ms": "150"}
     body = {"debit_account_id": "wallet", "credit_account_id": "shop", "amount": 200}
 
-    with write_lock_held_elsewhere(tmp_path / "tally.db"):
+    with write_lock_held_elsewhere(tmp_path):
         late = await client.post("/v1/transfers", json=body, headers=headers)
     assert_problem(late, 504, "deadline_exceeded")
 
@@ -53,7 +66,7 @@ async def test_a_write_waits_for_another_process_within_its_budget(
     await funded_account(client, ledger, "wallet", 500)
     await open_account(client, ledger.write, id="shop")
     body = {"debit_account_id": "wallet", "credit_account_id": "shop", "amount": 200}
-    with write_lock_held_elsewhere(tmp_path / "tally.db"):
+    with write_lock_held_elsewhere(tmp_path):
         pending = asyncio.create_task(
             client.post(
                 "/v1/transfers",

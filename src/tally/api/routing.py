@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from collections.abc import Callable, Coroutine
 from enum import StrEnum
 from typing import Any
@@ -24,8 +25,10 @@ from fastapi.routing import APIRoute
 
 from tally.domain.errors import Forbidden, PayloadTooLarge, Unauthenticated, ValidationFailed
 from tally.domain.keys import Scope, effective_scopes
+from tally.services.consistency import Consistency, ReadIntent, begin_reads
 from tally.services.deadline import Deadline, set_deadline
 from tally.services.ledgers import Principal
+from tally.services.views import timestamp
 
 ACCESS_KEY = "x-tally-access"
 
@@ -81,6 +84,10 @@ class TallyRoute(APIRoute):
         level = self.access
 
         async def guarded(request: Request) -> Response:
+            # Fresh for every request: nothing of an earlier request's budget or reads carries over
+            # (in process, an ASGI caller may run requests one after another in one context).
+            set_deadline(None if level in _KEYLESS else _server_budget(request))
+            origin = begin_reads(ReadIntent())
             if level in (Access.OPS, Access.OPS_PAGE):
                 _check_ops_token(request, query=level is Access.OPS_PAGE)
             elif level is not Access.PUBLIC:
@@ -93,7 +100,12 @@ class TallyRoute(APIRoute):
                 raise PayloadTooLarge(f"The body exceeds {limit} bytes.")
             if level not in _KEYLESS:
                 set_deadline(_budget(request))
-            return await handler(request)
+                begin_reads(_read_intent(request), origin)
+            response = await handler(request)
+            if origin.as_of is not None:
+                response.headers["Tally-Stale"] = "true"
+                response.headers["Tally-As-Of"] = timestamp(origin.as_of) or ""
+            return response
 
         return guarded
 
@@ -138,6 +150,12 @@ def _authorise(who: Principal, level: Access) -> None:
         raise Forbidden(f"This route needs the '{_SCOPE[level].value}' scope.")
 
 
+def _server_budget(request: Request) -> Deadline:
+    """The route's maximum: the budget of authentication, and of a request that names none."""
+    cap_ms: int = request.app.state.tally.settings.request_timeout_ms
+    return Deadline.after(cap_ms / 1000)
+
+
 def _budget(request: Request) -> Deadline:
     settings = request.app.state.tally.settings
     cap_ms: int = settings.request_timeout_ms
@@ -150,3 +168,23 @@ def _budget(request: Request) -> Deadline:
         )
     # A larger budget than the route allows is capped, not refused (API.md).
     return Deadline.after(min(int(raw), cap_ms) / 1000)
+
+
+_TOKEN = re.compile(r"^[0-9A-Fa-f/]{1,40}$")
+
+
+def _read_intent(request: Request) -> ReadIntent:
+    """``Tally-Consistency`` (``strong`` or ``available``, the default) and ``Tally-Consistency-Token``."""
+    raw = request.headers.get("tally-consistency", Consistency.AVAILABLE.value)
+    try:
+        level = Consistency(raw.strip().lower())
+    except ValueError:
+        raise ValidationFailed.at(
+            ("header", "Tally-Consistency"), "Must be 'strong' or 'available'."
+        ) from None
+    token = request.headers.get("tally-consistency-token")
+    if token is not None and not _TOKEN.match(token.strip()):
+        raise ValidationFailed.at(
+            ("header", "Tally-Consistency-Token"), "Not a consistency token returned by this Tally."
+        )
+    return ReadIntent(level, token.strip() if token is not None else None)

@@ -49,9 +49,9 @@ def read_intent() -> ReadIntent:
     return _intent.get() or _DEFAULT
 
 
-def begin_reads(intent: ReadIntent) -> ReadOrigin:
+def begin_reads(intent: ReadIntent, origin: ReadOrigin | None = None) -> ReadOrigin:
     """Set the intent of this request's reads; return the origin the adapter will fill in."""
-    origin = ReadOrigin()
+    origin = origin or ReadOrigin()
     _intent.set(intent)
     _origin.set(origin)
     return origin
