@@ -37,9 +37,9 @@ def start_server(
 
 
 @contextmanager
-def serving(directory: Path, root: str, port: int) -> Iterator[str]:
+def serving(directory: Path, root: str, port: int, extra: dict[str, str] | None = None) -> Iterator[str]:
     """Run `tally serve` (``start_server``) for the block; yield its base URL."""
-    server = start_server(directory, root, port)
+    server = start_server(directory, root, port, extra)
     try:
         yield f"http://127.0.0.1:{port}"
     finally:

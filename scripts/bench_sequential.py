@@ -19,6 +19,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import httpx
 from bench_fixture import ledger_with_two_accounts, serving
@@ -43,7 +44,14 @@ def main() -> int:
         return asyncio.run(run(base, root, args))
 
 
-async def run(base: str, root: str, args: argparse.Namespace) -> int:
+async def run(base: str, root: str, args: argparse.Namespace, database: str = "SQLite") -> int:
+    report = await measure(base, root, args, database)
+    print(json.dumps(report, indent=2))
+    return 0 if report["errors"] == 0 else 1
+
+
+async def measure(base: str, root: str, args: argparse.Namespace, database: str) -> dict[str, Any]:
+    """Warm up, then send ``args.transfers`` transfers from ``args.clients`` connections."""
     limits = httpx.Limits(max_connections=args.clients, max_keepalive_connections=args.clients)
     async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as client:
         headers = await ledger_with_two_accounts(client, root)
@@ -71,8 +79,8 @@ async def run(base: str, root: str, args: argparse.Namespace) -> int:
         await asyncio.gather(*(worker(per_client, True) for _ in range(args.clients)))
         elapsed = time.perf_counter() - started
     latencies.sort()
-    report = {
-        "scenario": f"single transfers, SQLite, {args.clients} keep-alive connection(s), closed loop",
+    return {
+        "scenario": f"single transfers, {database}, {args.clients} keep-alive connection(s), closed loop",
         "transfers": len(latencies),
         "errors": errors,
         "transfers_per_second": round(len(latencies) / elapsed, 1),
@@ -80,8 +88,6 @@ async def run(base: str, root: str, args: argparse.Namespace) -> int:
         "p99_ms": round(percentile(latencies, 0.99), 3),
         "max_ms": round(latencies[-1], 3),
     }
-    print(json.dumps(report, indent=2))
-    return 0 if errors == 0 else 1
 
 
 if __name__ == "__main__":

@@ -69,7 +69,7 @@ class Backends:
             connection.close()
             return found
         self.urls(directory)
-        return self.cluster().primary.execute(query.replace("?", "%s"), self._made[directory], params)  # type: ignore[arg-type]
+        return self.cluster().primary.execute(query.replace("?", "%s"), self._made[directory], params)
 
     def finish(self) -> None:
         """Drop the test's PostgreSQL databases; back to SQLite for the next test."""

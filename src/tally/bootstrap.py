@@ -16,7 +16,7 @@ from tally.observability.logging import configure_logging, get_logger
 from tally.observability.telemetry import Telemetry
 from tally.services.holds import expire_due_holds
 from tally.services.idempotency import IdempotentExecutor
-from tally.services.ledgers import ROOT_KEY_HASH, Authenticator, KeyUsage, root_key_hash
+from tally.services.ledgers import Authenticator, KeyUsage, root_key_hash
 from tally.store.breaker import Breaker
 from tally.store.instrumentation import ConnectionObserver
 from tally.store.postgres import PostgresDatabase
@@ -111,12 +111,7 @@ class Tally:
             self.telemetry.close()
 
     async def readiness(self) -> dict[str, str]:
-        try:
-            async with self.database.read() as tx:
-                await tx.instance.get(ROOT_KEY_HASH)
-        except Exception:
-            return {"database": "down"}
-        return {"database": "ok"}
+        return await self.database.health()
 
 
 def open_database(

@@ -46,7 +46,10 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     request_timeout_ms: int = Field(
-        default=10_000, ge=1, description="Per-route maximum of a request's time budget."
+        default=10_000, ge=1, description="Maximum time budget of a request (Tally-Timeout-Ms is capped)."
+    )
+    long_request_timeout_ms: int = Field(
+        default=30_000, ge=1, description="Maximum time budget of a long route (POST /v1/transfers/batch)."
     )
     sqlite_synchronous: Literal["FULL", "NORMAL"] = Field(
         default="FULL", description="FULL survives power loss; NORMAL only process crashes."

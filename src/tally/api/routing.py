@@ -31,6 +31,7 @@ from tally.services.ledgers import Principal
 from tally.services.views import timestamp
 
 ACCESS_KEY = "x-tally-access"
+LONG_KEY = "x-tally-long"  # the route's budget maximum is TALLY_LONG_REQUEST_TIMEOUT_MS
 
 
 class Access(StrEnum):
@@ -48,9 +49,15 @@ _KEYLESS = frozenset({Access.PUBLIC, Access.OPS, Access.OPS_PAGE})
 _SCOPE = {Access.READ: Scope.READ, Access.WRITE: Scope.WRITE, Access.ADMIN: Scope.ADMIN}
 
 
-def access(level: Access) -> dict[str, Any]:
-    """``openapi_extra`` for a route: its access level, and the bearer requirement."""
+def access(level: Access, *, long: bool = False) -> dict[str, Any]:
+    """``openapi_extra`` for a route: its access level, the bearer requirement, its budget class.
+
+    ``long`` routes (batches) may run up to ``TALLY_LONG_REQUEST_TIMEOUT_MS``; the others up to
+    ``TALLY_REQUEST_TIMEOUT_MS`` (API.md's per-route maxima, ADR 0010).
+    """
     extra: dict[str, Any] = {ACCESS_KEY: level.value}
+    if long:
+        extra[LONG_KEY] = True
     if level in (Access.OPS, Access.OPS_PAGE):
         extra["security"] = [{"bearer": []}, {}]  # the ops token, only when one is configured
     elif level is not Access.PUBLIC:
@@ -77,16 +84,18 @@ class TallyRoute(APIRoute):
         if declared is None:
             raise TypeError(f"Route {path} declares no access level.")
         self.access = Access(declared)
+        self.long = bool(kwargs["openapi_extra"].get(LONG_KEY))
         super().__init__(path, endpoint, **kwargs)
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
         level = self.access
+        long = self.long
 
         async def guarded(request: Request) -> Response:
             # Fresh for every request: nothing of an earlier request's budget or reads carries over
             # (in process, an ASGI caller may run requests one after another in one context).
-            set_deadline(None if level in _KEYLESS else _server_budget(request))
+            set_deadline(None if level in _KEYLESS else _server_budget(request, long))
             origin = begin_reads(ReadIntent())
             if level in (Access.OPS, Access.OPS_PAGE):
                 _check_ops_token(request, query=level is Access.OPS_PAGE)
@@ -99,7 +108,7 @@ class TallyRoute(APIRoute):
                 limit = request.app.state.tally.max_body_bytes
                 raise PayloadTooLarge(f"The body exceeds {limit} bytes.")
             if level not in _KEYLESS:
-                set_deadline(_budget(request))
+                set_deadline(_budget(request, long))
                 begin_reads(_read_intent(request), origin)
             response = await handler(request)
             if origin.as_of is not None:
@@ -150,15 +159,19 @@ def _authorise(who: Principal, level: Access) -> None:
         raise Forbidden(f"This route needs the '{_SCOPE[level].value}' scope.")
 
 
-def _server_budget(request: Request) -> Deadline:
-    """The route's maximum: the budget of authentication, and of a request that names none."""
-    cap_ms: int = request.app.state.tally.settings.request_timeout_ms
-    return Deadline.after(cap_ms / 1000)
-
-
-def _budget(request: Request) -> Deadline:
+def _route_maximum_ms(request: Request, long: bool) -> int:
     settings = request.app.state.tally.settings
-    cap_ms: int = settings.request_timeout_ms
+    cap: int = settings.long_request_timeout_ms if long else settings.request_timeout_ms
+    return cap
+
+
+def _server_budget(request: Request, long: bool) -> Deadline:
+    """The route's maximum: the budget of authentication, and of a request that names none."""
+    return Deadline.after(_route_maximum_ms(request, long) / 1000)
+
+
+def _budget(request: Request, long: bool) -> Deadline:
+    cap_ms = _route_maximum_ms(request, long)
     raw = request.headers.get("tally-timeout-ms")
     if raw is None:
         return Deadline.after(cap_ms / 1000)
@@ -177,7 +190,7 @@ def _read_intent(request: Request) -> ReadIntent:
     """``Tally-Consistency`` (``strong`` or ``available``, the default) and ``Tally-Consistency-Token``."""
     raw = request.headers.get("tally-consistency", Consistency.AVAILABLE.value)
     try:
-        level = Consistency(raw.strip().lower())
+        level = Consistency.from_header(raw)
     except ValueError:
         raise ValidationFailed.at(
             ("header", "Tally-Consistency"), "Must be 'strong' or 'available'."

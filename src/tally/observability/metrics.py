@@ -115,6 +115,15 @@ class Metrics:
             "tally_db_connections", "Connections open, per role.", ["role"],
             registry=registry, multiprocess_mode="livesum",
         )  # fmt: skip
+        self.primary_up = Gauge(
+            "tally_db_primary_up", "1 while the PostgreSQL primary answers the replica monitor, else 0.",
+            registry=registry, multiprocess_mode="livemin",
+        )  # fmt: skip
+        self.replica_lag = Gauge(
+            "tally_db_replica_lag_seconds",
+            "Seconds since the replica was last known to hold everything the primary had (+Inf: never).",
+            ["replica"], registry=registry, multiprocess_mode="livemax",
+        )  # fmt: skip
 
         self.transfers = Counter(
             "tally_transfers", "Money-moving requests, by operation and outcome.",

@@ -36,6 +36,11 @@ class PoolMetrics:
         in_use = self._in_use.get(role)
         (in_use if in_use is not None else self._child(role)[1]).inc(delta)
 
+    def replication(self, primary_up: bool, lags: dict[str, float]) -> None:
+        self._metrics.primary_up.set(1 if primary_up else 0)
+        for replica, seconds in lags.items():
+            self._metrics.replica_lag.labels(replica).set(seconds)
+
     def _child(self, role: str) -> tuple[Histogram, Gauge]:
         wait = self._waits.get(role)
         if wait is None:

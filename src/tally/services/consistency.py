@@ -12,6 +12,8 @@ grows a parameter that only the adapter reads.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,6 +23,16 @@ from enum import StrEnum
 class Consistency(StrEnum):
     STRONG = "strong"  # the primary, or 503 unavailable
     AVAILABLE = "available"  # a replica within the lag bound, else the primary, else a stale replica
+    # Not a header value: the primary while it answers, else a replica (authentication, so that
+    # a revoked key is refused at once, and reads still answer while the primary is down).
+    PRIMARY_PREFERRED = "primary_preferred"
+
+    @classmethod
+    def from_header(cls, value: str) -> Consistency:
+        level = cls(value.strip().lower())
+        if level not in (cls.STRONG, cls.AVAILABLE):
+            raise ValueError(value)
+        return level
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +67,16 @@ def begin_reads(intent: ReadIntent, origin: ReadOrigin | None = None) -> ReadOri
     _intent.set(intent)
     _origin.set(origin)
     return origin
+
+
+@contextmanager
+def preferring_primary() -> Iterator[None]:
+    """Reads inside the block go to the primary while it answers (``PRIMARY_PREFERRED``)."""
+    reset = _intent.set(ReadIntent(Consistency.PRIMARY_PREFERRED))
+    try:
+        yield
+    finally:
+        _intent.reset(reset)
 
 
 def report_lagging(as_of: datetime) -> None:

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from tally.domain.errors import NotFound, Unauthenticated
 from tally.domain.ids import new_id
 from tally.domain.keys import ApiKey, Ledger, Scope, hash_secret, new_secret, secret_kind
+from tally.services.consistency import preferring_primary
 from tally.services.ports import Database, Page, Transaction
 from tally.services.retries import retry_conflicts
 
@@ -138,8 +139,9 @@ class Authenticator:
             if hmac.compare_digest(digest, self._root_key_hash):
                 return ROOT
             raise Unauthenticated("The API key is not valid.")
-        async with self._database.read() as tx:
-            key = await tx.keys.by_hash(digest)
+        with preferring_primary():  # a revoked key is refused at once while the primary answers
+            async with self._database.read() as tx:
+                key = await tx.keys.by_hash(digest)
         if key is None or not hmac.compare_digest(key.secret_hash, digest):
             raise Unauthenticated("The API key is not valid.")
         if key.revoked_at is not None:

@@ -23,6 +23,9 @@ class ConnectionObserver(Protocol):
     def holding(self, role: str, delta: int) -> None:
         """A connection of ``role`` was taken (``+1``) or given back (``-1``)."""
 
+    def replication(self, primary_up: bool, lags: dict[str, float]) -> None:
+        """The replica monitor's last sample: whether the primary answered, each replica's lag."""
+
 
 class Unobserved:
     """The observer when nothing measures: every report is dropped."""
@@ -31,4 +34,7 @@ class Unobserved:
         pass
 
     def holding(self, role: str, delta: int) -> None:
+        pass
+
+    def replication(self, primary_up: bool, lags: dict[str, float]) -> None:
         pass

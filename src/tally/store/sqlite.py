@@ -31,7 +31,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
-from tally.domain.errors import DeadlineExceeded
+from tally.domain.errors import DeadlineExceeded, Unavailable, ValidationFailed
+from tally.services.consistency import read_intent
 from tally.services.deadline import current_deadline, remaining
 from tally.store import tables
 from tally.store.database import SqlTransaction
@@ -41,6 +42,7 @@ from tally.store.schema import check_schema
 Clock = Callable[[], int]  # microseconds since the Unix epoch
 _PROGRESS_STEPS = 1000  # SQLite VM instructions between two deadline checks
 _LAST_EVENT = "SELECT pk, created_at FROM events WHERE pk = (SELECT max(pk) FROM events)"
+_LAST_EVENT_PK = "SELECT max(pk) FROM events"
 
 
 def wall_clock() -> int:
@@ -207,6 +209,15 @@ class SqliteDatabase:
             self._observer.holding("writer", -1)
             self._write_lock.release()
 
+    async def health(self) -> dict[str, str]:
+        """``database``: ``ok`` when a read transaction can run, else ``down``."""
+        try:
+            async with self.read() as tx:
+                await tx.instance.get("")
+        except Exception:
+            return {"database": "down"}
+        return {"database": "ok"}
+
     @asynccontextmanager
     async def read(self) -> AsyncIterator[SqlTransaction]:
         asked = time.perf_counter()
@@ -222,6 +233,7 @@ class SqliteDatabase:
             finally:
                 self._observer.waited("reader", time.perf_counter() - asked)
             try:
+                self._catch_up_to(conn, read_intent().token)
                 with _interrupt_at_deadline(conn):
                     yield SqlTransaction(SqliteConnection(conn), self._read_now)
             finally:
@@ -229,6 +241,23 @@ class SqliteDatabase:
         finally:
             self._observer.holding("reader", -1)
             self._readers.put_nowait(conn)
+
+    def _catch_up_to(self, conn: Connection, token: str | None) -> None:
+        """Every process shares the one file, so a token is honoured once the file holds its event.
+
+        A token past the newest event in this read's snapshot can only be another database's:
+        503, as API.md says of a token a read cannot honour.
+        """
+        if token is None:
+            return
+        if not token.isdigit():
+            raise ValidationFailed.at(
+                ("header", "Tally-Consistency-Token"), "Not a consistency token returned by this Tally."
+            )
+        if int(token) > self._position:
+            self._position = max(self._position, conn.exec_driver_sql(_LAST_EVENT_PK).scalar() or 0)
+        if int(token) > self._position:
+            raise Unavailable("This database has not seen the write of this Tally-Consistency-Token.")
 
     async def _begin(self, conn: Connection, give_up_at: float) -> None:
         """BEGIN, waiting asynchronously while another process holds the write lock."""

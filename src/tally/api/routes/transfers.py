@@ -83,7 +83,10 @@ async def create_transfer(body: TransferCreate, request: Request) -> Response:
 
 
 @router.post(
-    "/v1/transfers/batch", status_code=201, response_model=BatchOut, openapi_extra=access(Access.WRITE)
+    "/v1/transfers/batch",
+    status_code=201,
+    response_model=BatchOut,
+    openapi_extra=access(Access.WRITE, long=True),
 )
 async def create_batch(body: TransferBatch, request: Request) -> Response:
     """Up to 1000 transfers in order, in one transaction (item n sees item n−1).

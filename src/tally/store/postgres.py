@@ -1,0 +1,335 @@
+"""PostgreSQL at scale (ADR 0003, 0020, 0021): a primary, streaming replicas, bounded pools.
+
+- **Writes** run on the primary, ``READ COMMITTED``, with the rows they depend on locked
+  ``FOR NO KEY UPDATE`` in ``pk`` order (``store.repositories``). Their time is the primary's
+  ``clock_timestamp()``, read lazily, after the locks. After commit, ``pg_current_wal_lsn()`` is
+  this write's consistency token.
+- **Reads** run ``REPEATABLE READ READ ONLY`` (one snapshot). Where, depends on the request's
+  intent (``services.consistency``): ``strong`` on the primary or 503; ``available`` on a replica
+  that is caught up within ``max_lag`` (and has replayed the caller's token), else the primary,
+  else, when the primary is down, any reachable replica: a stale answer, reported with the time
+  the replica is known current as of.
+- **Budgets** (ADR 0010): the wait for a pool slot and for a connection end with the request's
+  budget; what is left of it becomes the transaction's ``statement_timeout`` through
+  ``set_config(..., true)`` (transaction-local, never a session ``SET``); a write whose budget
+  ran out before commit is rolled back.
+- **The primary down**: a circuit breaker (``store.breaker``) makes writes fail fast with 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
+
+from sqlalchemy import Connection, Engine, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from tally.domain.errors import DeadlineExceeded, Unavailable, ValidationFailed
+from tally.services.consistency import Consistency, read_intent, report_lagging
+from tally.services.deadline import current_deadline, remaining
+from tally.store import tables
+from tally.store.breaker import Breaker
+from tally.store.database import SqlTransaction
+from tally.store.instrumentation import ConnectionObserver, Unobserved
+from tally.store.pg_errors import is_unreachable, translated
+from tally.store.replicas import ReplicaMonitor, ReplicaState, format_lsn, parse_lsn
+from tally.store.schema import check_schema
+
+_SCHEMA_LOCK = 0x7461_6C6C_7900  # advisory lock: one process creates the schema at a time
+_TIMEOUT = text("SELECT set_config('statement_timeout', :ms, true)")
+_TIMEOUT_AND_NOW = text(
+    "SELECT set_config('statement_timeout', :ms, true),"
+    " (extract(epoch FROM clock_timestamp()) * 1000000)::bigint"
+)
+_NOW = text("SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint")
+_LSN = text("SELECT pg_current_wal_lsn()::text")
+_TOKEN_WAIT_STEP = 0.01  # seconds between looks at a replica that has not reached a token yet
+
+
+def libpq_dsn(url: URL) -> str:
+    """The URL as a libpq connection string (for connections outside SQLAlchemy)."""
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+class _Pool:
+    """One server's connections: a bounded pool behind a semaphore the budget can give up on."""
+
+    def __init__(self, url: URL, role: str, size: int, observer: ConnectionObserver) -> None:
+        self.url = url
+        self.role = role
+        self.size = size
+        self._observer = observer
+        self._slots = asyncio.Semaphore(size)
+        self.engine: AsyncEngine = create_async_engine(
+            url,
+            pool_size=size,
+            max_overflow=0,
+            pool_pre_ping=True,  # a connection the server dropped is replaced, not handed out
+            connect_args={"connect_timeout": 2, "application_name": f"tally-{role}"},
+        )
+
+    @asynccontextmanager
+    async def connection(self, default_wait: float) -> AsyncIterator[AsyncConnection]:
+        asked = time.perf_counter()
+        try:
+            try:
+                await asyncio.wait_for(self._slots.acquire(), remaining(default_wait))
+            except TimeoutError:
+                raise DeadlineExceeded("The time budget ran out waiting for a connection.") from None
+            try:
+                async with asyncio.timeout(remaining(default_wait)):
+                    with translated(self.role):
+                        conn = await self.engine.connect()
+            except TimeoutError:
+                self._slots.release()
+                raise DeadlineExceeded("The time budget ran out connecting to the database.") from None
+            except BaseException:
+                self._slots.release()
+                raise
+        finally:
+            self._observer.waited(self.role, time.perf_counter() - asked)
+        self._observer.holding(self.role, 1)
+        try:
+            yield conn
+        finally:
+            try:
+                with suppress(Exception):
+                    await conn.close()
+            finally:
+                self._observer.holding(self.role, -1)
+                self._slots.release()
+
+
+class PostgresDatabase:
+    """Implements ``services.ports.Database`` on a PostgreSQL primary and its streaming replicas."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        replica_urls: tuple[str, ...] = (),
+        pool_size: int = 10,
+        replica_pool_size: int = 10,
+        max_lag_seconds: float = 1.0,
+        check_seconds: float = 0.2,
+        lock_wait_seconds: float = 10.0,
+        breaker: Breaker | None = None,
+        observer: ConnectionObserver | None = None,
+    ) -> None:
+        self.url = make_url(url).set(drivername="postgresql+psycopg")
+        self._observer: ConnectionObserver = observer or Unobserved()
+        self._lock_wait = lock_wait_seconds
+        self._max_lag = max_lag_seconds
+        self._breaker = breaker or Breaker()
+        self._primary = _Pool(self.url, "primary", pool_size, self._observer)
+        self._replicas: list[tuple[_Pool, ReplicaState]] = []
+        for index, replica_url in enumerate(replica_urls):
+            parsed = make_url(replica_url).set(drivername="postgresql+psycopg")
+            state = ReplicaState(name=f"replica-{index + 1}")
+            self._replicas.append((_Pool(parsed, "replica", replica_pool_size, self._observer), state))
+        self._turn = itertools.count()
+        self._monitor = ReplicaMonitor(
+            libpq_dsn(self.url),
+            {libpq_dsn(pool.url): state for pool, state in self._replicas},
+            interval=check_seconds,
+            on_primary=self._heard_from_primary,
+            observer=self._observer,
+        )
+        self._position = 0
+
+    @property
+    def engines(self) -> tuple[Engine, ...]:
+        """The engines, for instrumentation (query timing, plan checks)."""
+        return (self._primary.engine.sync_engine, *(pool.engine.sync_engine for pool, _ in self._replicas))
+
+    @property
+    def pool_sizes(self) -> dict[str, int]:
+        return {"primary": self._primary.size, "replica": sum(pool.size for pool, _ in self._replicas)}
+
+    def role_of(self, conn: Connection) -> str:
+        return "primary" if conn.engine is self._primary.engine.sync_engine else "replica"
+
+    @property
+    def replicas(self) -> list[ReplicaState]:
+        return [state for _, state in self._replicas]
+
+    @property
+    def primary_up(self) -> bool:
+        return self._breaker.closed
+
+    async def start(self) -> None:
+        """Create the schema where it is missing (one process at a time); start watching replicas."""
+        with translated("primary"):
+            async with self._primary.engine.begin() as conn:
+                await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
+                await conn.run_sync(tables.metadata.create_all)
+                await conn.run_sync(check_schema)
+                self._position = parse_lsn((await conn.execute(_LSN)).scalar_one())
+        if self._replicas:
+            await self._monitor.sample()
+            self._monitor.start()
+
+    async def stop(self) -> None:
+        await self._monitor.stop()
+        for pool in (self._primary, *(pool for pool, _ in self._replicas)):
+            await pool.engine.dispose()
+
+    def position(self) -> str:
+        return format_lsn(self._position)
+
+    async def health(self) -> dict[str, str]:
+        """``database``: ``ok``; ``degraded`` when only replicas answer (reads, no writes); ``down``.
+
+        Each replica: ``ok`` when reachable and within the lag bound, else ``degraded`` (the primary
+        serves its reads, so a replica alone never makes Tally unready).
+        """
+        checks = {"database": "ok" if await self._primary_answers() else "down"}
+        if checks["database"] == "down" and any(state.reachable for state in self.replicas):
+            checks["database"] = "degraded"
+        for state in self.replicas:
+            fresh = state.reachable and state.lag() <= self._max_lag
+            checks[state.name] = "ok" if fresh else "degraded"
+        return checks
+
+    async def _primary_answers(self) -> bool:
+        if not self._breaker.allows():
+            return False
+        try:
+            async with asyncio.timeout(2.0), self._read_on(self._primary, None) as tx:
+                await tx.instance.get("")
+        except Exception:
+            return False
+        return True
+
+    def _heard_from_primary(self, ok: bool) -> None:
+        if ok:
+            self._breaker.succeeded()
+        elif self._breaker.allows():
+            self._breaker.failed()
+
+    def _unreachable(self) -> Unavailable:
+        wait = self._breaker.retry_after()
+        return Unavailable(f"The primary database is unreachable; retry in {wait} s. Nothing was applied.")
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[SqlTransaction]:
+        if not self._breaker.allows():
+            raise self._unreachable()
+        try:
+            async with self._primary.connection(self._lock_wait) as conn, self._transaction(conn, "primary"):
+                await conn.execute(_TIMEOUT, {"ms": self._statement_timeout()})
+                tx = SqlTransaction(conn, lambda: self._clock(conn))
+                yield tx
+                deadline = current_deadline()
+                if deadline is not None and deadline.remaining() <= 0:
+                    raise DeadlineExceeded("The time budget ran out before commit; nothing was applied.")
+                with translated("primary"):
+                    await conn.commit()
+                if tx.wrote:
+                    with suppress(Exception):  # committed; a lost token only costs read-your-writes
+                        lsn = parse_lsn((await conn.execute(_LSN)).scalar_one())
+                        self._position = max(self._position, lsn)
+        except Unavailable as error:
+            if is_unreachable(error.__cause__ or error):
+                self._breaker.failed()
+            raise
+        self._breaker.succeeded()
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[SqlTransaction]:
+        intent = read_intent()
+        token = self._parse_token(intent.token)
+        may_lag = intent.level is not Consistency.STRONG and bool(self._replicas)
+        async with AsyncExitStack() as stack:
+            fresh_enough = intent.level is Consistency.AVAILABLE and self._replicas
+            replica = self._fresh_replica(token) if fresh_enough else None
+            if replica is None and may_lag and not self._breaker.allows():
+                replica = await self._stale_replica(token)
+            if replica is not None:
+                tx = await stack.enter_async_context(self._read_on(*replica))
+            elif not self._breaker.allows():
+                raise self._unreachable()
+            else:
+                try:
+                    tx = await stack.enter_async_context(self._read_on(self._primary, None))
+                except Unavailable:
+                    if not may_lag:
+                        raise
+                    # The primary just went away: a replica answers, stale and labelled so.
+                    tx = await stack.enter_async_context(self._read_on(*await self._stale_replica(token)))
+            yield tx
+
+    def _fresh_replica(self, token: int | None) -> tuple[_Pool, ReplicaState] | None:
+        usable = [
+            (pool, state)
+            for pool, state in self._replicas
+            if state.reachable and state.lag() <= self._max_lag and (token is None or state.has(token))
+        ]
+        return usable[next(self._turn) % len(usable)] if usable else None
+
+    async def _stale_replica(self, token: int | None) -> tuple[_Pool, ReplicaState]:
+        """With the primary down: a reachable replica, waiting (within the budget) for the token."""
+        while True:
+            reachable = [(pool, state) for pool, state in self._replicas if state.reachable]
+            ready = [(pool, state) for pool, state in reachable if token is None or state.has(token)]
+            if ready:
+                return ready[next(self._turn) % len(ready)]
+            if not reachable and token is None:
+                raise Unavailable("No database can answer: the primary and every replica are unreachable.")
+            if remaining(self._lock_wait) <= _TOKEN_WAIT_STEP:
+                raise Unavailable("No database that has this Tally-Consistency-Token's write can answer.")
+            await asyncio.sleep(_TOKEN_WAIT_STEP)
+            for _, state in self._replicas:
+                await self._monitor.refresh(state)
+
+    @asynccontextmanager
+    async def _read_on(self, pool: _Pool, replica: ReplicaState | None) -> AsyncIterator[SqlTransaction]:
+        try:
+            async with pool.connection(self._lock_wait) as conn, self._transaction(conn, pool.role):
+                await conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+                row = (await conn.execute(_TIMEOUT_AND_NOW, {"ms": self._statement_timeout()})).one()
+                now = int(row[1])
+
+                async def fixed() -> int:
+                    return now
+
+                if replica is not None and replica.caught_up_at is not None:
+                    report_lagging(replica.caught_up_at)
+                yield SqlTransaction(conn, fixed)
+        except Unavailable as error:
+            if replica is None and is_unreachable(error.__cause__ or error):
+                self._breaker.failed()
+            raise
+
+    @asynccontextmanager
+    async def _transaction(self, conn: AsyncConnection, role: str) -> AsyncIterator[None]:
+        """Translate the server's failures; roll back whatever did not commit."""
+        try:
+            with translated(role):
+                yield
+        finally:
+            if conn.in_transaction():
+                with suppress(Exception):
+                    await conn.rollback()
+
+    async def _clock(self, conn: AsyncConnection) -> int:
+        with translated("primary"):
+            return int((await conn.execute(_NOW)).scalar_one())
+
+    def _statement_timeout(self) -> str:
+        return str(max(1, int(remaining(self._lock_wait) * 1000)))
+
+    @staticmethod
+    def _parse_token(token: str | None) -> int | None:
+        if token is None:
+            return None
+        try:
+            return parse_lsn(token)
+        except ValueError:
+            raise ValidationFailed.at(
+                ("header", "Tally-Consistency-Token"), "Not a consistency token returned by this Tally."
+            ) from None
