@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from sqlalchemy.engine import make_url
 
 from tally.api.app import create_app
+from tally.background import build_worker
 from tally.config import Settings
 from tally.observability.context import set_job
 from tally.observability.logging import configure_logging, get_logger
@@ -24,6 +25,7 @@ from tally.store.sqlite import SqliteDatabase
 
 _log = get_logger("tally")
 KEY_USAGE_FLUSH_SECONDS = 5.0
+QUEUE_SAMPLE_SECONDS = 5.0
 
 
 class Tally:
@@ -52,7 +54,12 @@ class Tally:
         self._authenticator: Authenticator | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._sampler: asyncio.Task[None] | None = None
+        self._working = False
         self.key_usage = KeyUsage()
+        self.worker = build_worker(
+            settings, self.database, self.database.wakeups, self.telemetry.jobs if self.telemetry else None
+        )
 
     @property
     def authenticator(self) -> Authenticator:
@@ -60,8 +67,21 @@ class Tally:
             raise RuntimeError("Tally.start() has not run")
         return self._authenticator
 
-    async def start(self) -> None:
+    async def start(self, *, api: bool = True) -> None:
+        """Connect, and start the background work: with the API, the workers only when enabled."""
         await self.database.start()
+        if api:  # a worker-only process serves no key: it neither needs nor makes the root key
+            await self._start_authentication()
+        self._flusher = asyncio.create_task(self._flush_key_usage(), name="tally-key-usage")
+        self._sweeper = asyncio.create_task(self._sweep_holds(), name="tally-hold-sweeper")
+        if self.telemetry is not None:
+            self._sampler = asyncio.create_task(self._sample_queues(), name="tally-queue-sampler")
+        self._working = not api or self.settings.worker_enabled
+        if self._working:
+            self.worker.start()
+        _log.info("started", database=self.database.url.render_as_string(hide_password=True))
+
+    async def _start_authentication(self) -> None:
         configured = self.settings.root_key.get_secret_value() if self.settings.root_key else None
         digest, generated = await root_key_hash(self.database, configured)
         self.generated_root_key = generated
@@ -74,9 +94,6 @@ class Tally:
                 flush=True,
             )
         self._authenticator = Authenticator(self.database, digest, self.key_usage)
-        self._flusher = asyncio.create_task(self._flush_key_usage(), name="tally-key-usage")
-        self._sweeper = asyncio.create_task(self._sweep_holds(), name="tally-hold-sweeper")
-        _log.info("started", database=self.database.url.render_as_string(hide_password=True))
 
     async def _flush_key_usage(self) -> None:
         set_job("key_usage_flush")  # this task's lines belong to no request
@@ -99,8 +116,23 @@ class Tally:
             except Exception:
                 _log.exception("hold sweep failed")
 
+    async def _sample_queues(self) -> None:
+        set_job("queue_sampler")
+        while True:
+            try:
+                async with self.database.read() as tx:
+                    now = await tx.now()
+                    depths = await tx.jobs.depths(now)
+                if self.telemetry is not None:
+                    self.telemetry.jobs.depths(depths, now)
+            except Exception:
+                _log.exception("queue sampling failed")
+            await asyncio.sleep(QUEUE_SAMPLE_SECONDS)
+
     async def stop(self) -> None:
-        for task in (self._flusher, self._sweeper):
+        if self._working:
+            await self.worker.stop(self.settings.worker_shutdown_grace_ms / 1000)
+        for task in (self._flusher, self._sweeper, self._sampler):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -1,4 +1,4 @@
-"""``tally serve | keygen | openapi``: the command line."""
+"""``tally serve | worker | keygen | openapi``: the command line."""
 
 from __future__ import annotations
 
@@ -23,6 +23,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--database-url", help="database URL (TALLY_DATABASE_URL)")
     serve.add_argument("--log-format", choices=["json", "console"], help="TALLY_LOG_FORMAT")
     serve.add_argument("--workers", type=int, help="worker processes (TALLY_WORKERS, default 1)")
+    worker = commands.add_parser("worker", help="run the job workers only, no HTTP (scale them out)")
+    worker.add_argument("--database-url", help="database URL (TALLY_DATABASE_URL)")
+    worker.add_argument("--log-format", choices=["json", "console"], help="TALLY_LOG_FORMAT")
     commands.add_parser("keygen", help="print a fresh root key for TALLY_ROOT_KEY")
     commands.add_parser("openapi", help="print the OpenAPI document")
     args = parser.parse_args(argv)
@@ -36,7 +39,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         app = build_app(Settings(database_url="sqlite://", log_format="json"))
         print(json.dumps(app.openapi(), indent=2, sort_keys=True))
         return 0
+    if args.command == "worker":
+        return _work(args)
     return _serve(args)
+
+
+def _work(args: argparse.Namespace) -> int:
+    """Run the workers until SIGTERM or SIGINT, then stop them gracefully (ADR 0023)."""
+    import asyncio
+    import signal
+
+    from tally.bootstrap import Tally
+
+    overrides = {
+        name: value
+        for name, value in (("database_url", args.database_url), ("log_format", args.log_format))
+        if value is not None
+    }
+    tally = Tally(Settings(**overrides), announce_root_key=False)
+
+    async def run() -> None:
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stopping.set)
+        await tally.start(api=False)
+        try:
+            await stopping.wait()
+        finally:
+            await tally.stop()
+
+    asyncio.run(run())
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:

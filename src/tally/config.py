@@ -61,6 +61,16 @@ class Settings(BaseSettings):
         description="How often the sweeper writes down expired holds (reads see expiry at once).",
     )
     workers: int = Field(default=1, ge=1, le=64, description="Processes `tally serve` runs.")
+    worker_enabled: bool = Field(
+        default=True,
+        description="Run the job workers inside `tally serve` (off: only `tally worker` runs jobs).",
+    )
+    worker_poll_ms: int = Field(
+        default=1000, ge=10, description="How often an idle worker looks for jobs without a wake-up."
+    )
+    worker_shutdown_grace_ms: int = Field(
+        default=10_000, ge=0, description="On shutdown, how long running jobs may finish before release."
+    )
     ops_token: SecretStr | None = Field(
         default=None,
         description="When set, GET /metrics and /dashboard need it as a Bearer token (at least 16 chars).",

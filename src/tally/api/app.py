@@ -15,7 +15,16 @@ from tally import __version__
 from tally.api.middleware import RequestContextMiddleware
 from tally.api.problems import BY_CODE, problem_body, render_error
 from tally.api.replies import request_id, respond
-from tally.api.routes import accounts, dashboard, ledgers, ops, transfers
+from tally.api.routes import (
+    accounts,
+    dashboard,
+    events,
+    ledgers,
+    ops,
+    transfer_batches,
+    transfers,
+    webhooks,
+)
 from tally.api.schemas import ProblemOut
 from tally.domain import errors
 from tally.observability.requests import RequestMetrics
@@ -50,7 +59,16 @@ def create_app(tally: Service) -> FastAPI:
         redoc_url=None,
     )
     app.state.tally = tally
-    for router in (ledgers.router, accounts.router, transfers.router, ops.router, dashboard.router):
+    for router in (
+        ledgers.router,
+        accounts.router,
+        transfers.router,
+        events.router,
+        webhooks.router,
+        transfer_batches.router,
+        ops.router,
+        dashboard.router,
+    ):
         app.include_router(router)
     app.add_middleware(
         RequestContextMiddleware, max_body_bytes=tally.max_body_bytes, observer=tally.request_observer

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
+from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 import orjson
+from fastapi import Query
 from pydantic import (
     AwareDatetime,
     BaseModel,
@@ -36,6 +38,7 @@ MAX_BATCH = 1000
 Amount = Annotated[int, Field(strict=True, ge=1, le=MAX_AMOUNT, examples=[1500])]
 Int64 = Annotated[int, Field(strict=True, ge=INT64_MIN, le=INT64_MAX)]
 ClientId = Annotated[str, StringConstraints(strict=True, pattern=CLIENT_ID_PATTERN)]
+Limit = Annotated[int, Query(ge=1, le=1000)]  # the page size of every list
 Currency = Annotated[str, StringConstraints(strict=True, pattern=CURRENCY_PATTERN)]
 Name = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=255)]
 Description = Annotated[str, StringConstraints(strict=True, max_length=1000)]
@@ -280,6 +283,29 @@ class TransferOut(BaseModel):
 
 class AccountPage(BaseModel):
     data: list[AccountOut]
+    next_cursor: str | None
+
+
+class EventType(StrEnum):
+    ACCOUNT_CREATED = "account.created"
+    ACCOUNT_UPDATED = "account.updated"
+    TRANSFER_CREATED = "transfer.created"
+    TRANSFER_POSTED = "transfer.posted"
+    TRANSFER_VOIDED = "transfer.voided"
+    TRANSFER_EXPIRED = "transfer.expired"
+    TRANSFER_BATCH_COMPLETED = "transfer_batch.completed"
+
+
+class EventOut(BaseModel):
+    id: str
+    type: EventType
+    created_at: str
+    data: dict[str, Any]
+    request_id: str | None
+
+
+class EventPage(BaseModel):
+    data: list[EventOut]
     next_cursor: str | None
 
 

@@ -46,14 +46,11 @@ QUERY_BUCKETS = (
 )  # fmt: skip
 WAIT_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 QUERIES_PER_REQUEST_BUCKETS = (0, 1, 2, 3, 4, 5, 6, 8, 10, 13, 16, 20, 30, 50, 100)
+JOB_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
 # Names the queue and cache issues will export; the alert rules, the dashboards and docs/operations.md
 # already refer to them (see docs/operations.md, "Metrics still to come").
 PLANNED_METRICS = (
-    "tally_queue_ready_jobs",  # gauge {queue}: jobs ready to run now
-    "tally_queue_oldest_ready_age_seconds",  # gauge {queue}: age of the oldest ready job
-    "tally_queue_dead_jobs",  # gauge {queue}: jobs in the dead letter state
-    "tally_queue_dead_lettered_total",  # counter {queue}: jobs moved to dead letter
     "tally_cache_requests_total",  # counter {cache, result="hit"|"miss"}
 )
 
@@ -114,6 +111,39 @@ class Metrics:
         self.pool_size = Gauge(
             "tally_db_connections", "Connections open, per role.", ["role"],
             registry=registry, multiprocess_mode="livesum",
+        )  # fmt: skip
+        queue = ["queue"]
+        self.queue_jobs = Gauge(
+            "tally_queue_jobs", "Jobs per queue and status (ready, running, dead), sampled.",
+            ["queue", "status"], registry=registry, multiprocess_mode="mostrecent",
+        )  # fmt: skip
+        self.ready_jobs = Gauge(
+            "tally_queue_ready_jobs", "Jobs ready to run (due, or with an expired lease), sampled.",
+            queue, registry=registry, multiprocess_mode="mostrecent",
+        )  # fmt: skip
+        self.oldest_ready_age = Gauge(
+            "tally_queue_oldest_ready_age_seconds", "How long the oldest ready job has been due.",
+            queue, registry=registry, multiprocess_mode="mostrecent",
+        )  # fmt: skip
+        self.dead_jobs = Gauge(
+            "tally_queue_dead_jobs", "Jobs in the dead letter state, sampled.",
+            queue, registry=registry, multiprocess_mode="mostrecent",
+        )  # fmt: skip
+        self.dead_lettered = Counter(
+            "tally_queue_dead_lettered", "Jobs moved to the dead letter state.", queue, registry=registry
+        )
+        self.job_runs = Counter(
+            "tally_queue_job_runs", "Claims settled, by outcome (done, retried, deferred, dead, lost...).",
+            ["queue", "outcome"], registry=registry,
+        )  # fmt: skip
+        self.job_seconds = Histogram(
+            "tally_queue_job_duration_seconds", "Time from a claim to its settlement.",
+            queue, buckets=JOB_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.webhook_latency = Histogram(
+            "tally_webhook_delivery_latency_seconds",
+            "From an event's commit to its delivery's 2xx, per delivered webhook.",
+            buckets=JOB_BUCKETS, registry=registry,
         )  # fmt: skip
         self.primary_up = Gauge(
             "tally_db_primary_up", "1 while the PostgreSQL primary answers the replica monitor, else 0.",

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from sqlalchemy import Connection, Engine
 
 from tally.observability.dashboard import snapshot
+from tally.observability.jobs import JobMetrics
 from tally.observability.metrics import CONTENT_TYPE, Metrics
 from tally.observability.pools import PoolMetrics
 from tally.observability.queries import QueryTimer
@@ -37,6 +38,7 @@ class Telemetry:
         self.metrics = Metrics(multiprocess_dir)
         self.requests = RequestMetrics(self.metrics)
         self.pools = PoolMetrics(self.metrics)
+        self.jobs = JobMetrics(self.metrics)
         self.queries = QueryTimer(self.metrics, slow_ms=slow_query_ms)
 
     def instrument(self, database: Instrumentable) -> None:

@@ -15,11 +15,16 @@ from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from tally.domain.accounts import Account, AccountStatus, Balance, Direction, EntryKind
 from tally.domain.keys import ApiKey, Ledger
 from tally.domain.transfers import Transfer, TransferStatus
+
+if TYPE_CHECKING:
+    from tally.services.batch_ports import TransferBatchRepository
+    from tally.services.queue_ports import InboxRepository, JobRepository
+    from tally.services.webhook_ports import DeliveryRepository, WebhookRepository
 
 T = TypeVar("T")
 
@@ -224,9 +229,53 @@ class IdempotencyRepository(Protocol):
     async def add(self, record: IdempotencyRecord, *, keep_until: datetime) -> None: ...
 
 
+@dataclass(frozen=True, slots=True, order=True)
+class FeedPosition:
+    """Where an event stands in the feed: ordered by the writing transaction, then by pk (ADR 0024)."""
+
+    xid: int
+    pk: int
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    pk: int
+    id: str
+    ledger_id: str
+    type: str
+    data: dict[str, Any]
+    request_id: str | None
+    created_at: datetime
+    position: FeedPosition
+
+
 class EventRepository(Protocol):
     async def add(self, event: NewEvent, at: datetime) -> int:
-        """Append to the outbox; return the event's position."""
+        """Append to the outbox; return the event's pk (on SQLite also its consistency token)."""
+        ...
+
+    async def position_of(self, event_id: str) -> tuple[str, FeedPosition] | None:
+        """The ledger and feed position of an event, by id."""
+        ...
+
+    async def feed(
+        self, ledger_id: str | None, after: FeedPosition | None, types: Sequence[str] | None, limit: int
+    ) -> list[Event]:
+        """Events after ``after`` in feed order (one ledger's, or all), of ``types`` when given.
+
+        Only events whose transactions are older than every transaction still running are served,
+        so an event can never appear later behind a position already handed out.
+        """
+        ...
+
+    async def get(self, pk: int) -> Event | None: ...
+
+    async def consumer_position(self, consumer: str) -> FeedPosition | None:
+        """How far an internal feed consumer (the webhook dispatcher) has read."""
+        ...
+
+    async def advance(self, consumer: str, position: FeedPosition) -> None:
+        """Record the consumer's new position (in the transaction of what it did with the events)."""
         ...
 
 
@@ -240,6 +289,11 @@ class InstanceRepository(Protocol):
 
 
 class Transaction(Protocol):
+    jobs: JobRepository
+    inbox: InboxRepository
+    webhooks: WebhookRepository
+    deliveries: DeliveryRepository
+    batches: TransferBatchRepository
     ledgers: LedgerRepository
     keys: ApiKeyRepository
     accounts: AccountRepository

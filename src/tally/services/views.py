@@ -11,7 +11,7 @@ from typing import Any
 from tally.domain.accounts import Account, Direction
 from tally.domain.keys import ApiKey, Ledger
 from tally.domain.transfers import Transfer
-from tally.services.ports import Entry
+from tally.services.ports import Entry, Event
 
 JsonObject = dict[str, Any]
 
@@ -103,4 +103,14 @@ def entry_view(entry: Entry) -> JsonObject:
         "posted_balance_after": entry.posted_after,
         "account_version": entry.account_version,
         "created_at": timestamp(entry.created_at),
+    }
+
+
+def event_view(event: Event) -> JsonObject:
+    return {
+        "id": event.id,
+        "type": event.type,
+        "created_at": timestamp(event.created_at),
+        "data": event.data,
+        "request_id": event.request_id,
     }

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
 
 from tally.domain.errors import TransientConflict
+from tally.services.batch_ports import TransferBatchRepository
 from tally.services.ports import (
     AccountRepository,
     ApiKeyRepository,
@@ -22,21 +23,23 @@ from tally.services.ports import (
     LedgerRepository,
     TransferRepository,
 )
+from tally.services.queue_ports import InboxRepository, JobRepository
+from tally.services.webhook_ports import DeliveryRepository, WebhookRepository
 from tally.store.codec import from_micros, to_micros
 from tally.store.repositories.accounts import SqlAccountRepository
 from tally.store.repositories.base import SqlConnection
-from tally.store.repositories.entries import (
-    SqlEntryRepository,
-    SqlEventRepository,
-    SqlIdempotencyRepository,
-)
+from tally.store.repositories.batches import SqlTransferBatchRepository
+from tally.store.repositories.entries import SqlEntryRepository, SqlIdempotencyRepository
+from tally.store.repositories.events import SqlEventRepository
 from tally.store.repositories.holds import SqlHoldRepository
+from tally.store.repositories.jobs import SqlInboxRepository, SqlJobRepository
 from tally.store.repositories.ledgers import (
     SqlApiKeyRepository,
     SqlInstanceRepository,
     SqlLedgerRepository,
 )
 from tally.store.repositories.transfers import SqlTransferRepository
+from tally.store.repositories.webhooks import SqlDeliveryRepository, SqlWebhookRepository
 
 
 class SqlTransaction:
@@ -48,6 +51,7 @@ class SqlTransaction:
         self._at: datetime | None = None
         self._wrote = False
         self.last_event = 0
+        self.queues: set[str] = set()  # queues this transaction added jobs to (wake-ups after commit)
         self.ledgers: LedgerRepository = SqlLedgerRepository(conn, self)
         self.keys: ApiKeyRepository = SqlApiKeyRepository(conn, self)
         self.accounts: AccountRepository = SqlAccountRepository(conn, self)
@@ -57,6 +61,11 @@ class SqlTransaction:
         self.idempotency: IdempotencyRepository = SqlIdempotencyRepository(conn, self)
         self.events: EventRepository = SqlEventRepository(conn, self)
         self.instance: InstanceRepository = SqlInstanceRepository(conn, self)
+        self.jobs: JobRepository = SqlJobRepository(conn, self)
+        self.inbox: InboxRepository = SqlInboxRepository(conn, self)
+        self.webhooks: WebhookRepository = SqlWebhookRepository(conn, self)
+        self.deliveries: DeliveryRepository = SqlDeliveryRepository(conn, self)
+        self.batches: TransferBatchRepository = SqlTransferBatchRepository(conn, self)
 
     @property
     def wrote(self) -> bool:
@@ -64,6 +73,9 @@ class SqlTransaction:
 
     def mark_written(self) -> None:
         self._wrote = True
+
+    def queued(self, queue: str) -> None:
+        self.queues.add(queue)
 
     def saw_event(self, position: int) -> None:
         self.last_event = max(self.last_event, position)

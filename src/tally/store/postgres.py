@@ -38,6 +38,7 @@ from tally.store.instrumentation import ConnectionObserver, Unobserved
 from tally.store.pg_errors import is_unreachable, translated
 from tally.store.replicas import ReplicaMonitor, ReplicaState, format_lsn, parse_lsn
 from tally.store.schema import check_schema
+from tally.store.wakeups import Wakeups
 
 _SCHEMA_LOCK = 0x7461_6C6C_7900  # advisory lock: one process creates the schema at a time
 _TIMEOUT = text("SELECT set_config('statement_timeout', :ms, true)")
@@ -140,6 +141,7 @@ class PostgresDatabase:
             observer=self._observer,
         )
         self._position = 0
+        self.wakeups = Wakeups()
 
     @property
     def engines(self) -> tuple[Engine, ...]:
@@ -172,8 +174,10 @@ class PostgresDatabase:
         if self._replicas:
             await self._monitor.sample()
             self._monitor.start()
+        self.wakeups.listen(libpq_dsn(self.url))
 
     async def stop(self) -> None:
+        await self.wakeups.stop()
         await self._monitor.stop()
         for pool in (self._primary, *(pool for pool, _ in self._replicas)):
             await pool.engine.dispose()
@@ -229,6 +233,8 @@ class PostgresDatabase:
                     raise DeadlineExceeded("The time budget ran out before commit; nothing was applied.")
                 with translated("primary"):
                     await conn.commit()
+                if tx.queues:
+                    self.wakeups.signal()
                 if tx.wrote:
                     with suppress(Exception):  # committed; a lost token only costs read-your-writes
                         lsn = parse_lsn((await conn.execute(_LSN)).scalar_one())

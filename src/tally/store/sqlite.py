@@ -38,6 +38,7 @@ from tally.store import tables
 from tally.store.database import SqlTransaction
 from tally.store.instrumentation import ConnectionObserver, Unobserved
 from tally.store.schema import check_schema
+from tally.store.wakeups import Wakeups
 
 Clock = Callable[[], int]  # microseconds since the Unix epoch
 _PROGRESS_STEPS = 1000  # SQLite VM instructions between two deadline checks
@@ -98,6 +99,7 @@ class SqliteDatabase:
         self._write_lock = asyncio.Lock()
         self._last_write_micros = 0
         self._position = 0
+        self.wakeups = Wakeups()  # other processes on the file are found by polling
 
     @property
     def engines(self) -> tuple[Engine, ...]:
@@ -205,6 +207,8 @@ class SqliteDatabase:
                 raise
             # Committed: the outbox position is this write's consistency token (ADR 0011).
             self._position = max(self._position, tx.last_event)
+            if tx.queues:
+                self.wakeups.signal()
         finally:
             self._observer.holding("writer", -1)
             self._write_lock.release()

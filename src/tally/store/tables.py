@@ -196,6 +196,10 @@ idempotency_keys = Table(
     sqlite_strict=True,
 )
 
+# The outbox. The feed orders events by (xid, pk): xid is the writing transaction's id on PostgreSQL
+# (0 on SQLite, where one writer commits in pk order), and a poll only serves events of transactions
+# older than every transaction still running, so no event can appear behind a consumer's cursor
+# (ADR 0024).
 events = Table(
     "events",
     metadata,
@@ -206,6 +210,121 @@ events = Table(
     Column("data", Text, nullable=False),
     Column("request_id", Text),
     Column("created_at", Int64, nullable=False),
+    Column("xid", Int64, nullable=False),
+    Index(None, "ledger_id", "pk"),
+    Index(None, "ledger_id", "xid", "pk"),
+    Index(None, "xid", "pk"),
+    sqlite_strict=True,
+)
+
+# The durable job queue (ADR 0023). A job is claimable when its status is ready or running and its
+# run_at has come: a claim sets running and moves run_at to the lease's end, so an expired lease is
+# claimable again with no separate rescue. ``attempts`` counts claims and fences every outcome.
+jobs = Table(
+    "jobs",
+    metadata,
+    _pk(),
+    Column("queue", Text, nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("status", Text, nullable=False),  # ready | running | done | dead
+    Column("attempts", Integer, nullable=False),
+    Column("max_attempts", Integer, nullable=False),
+    Column("run_at", Int64, nullable=False),
+    Column("leased_by", Text),
+    Column("last_error", Text),
+    Column("request_id", Text),
+    Column("dedupe_key", Text),
+    Column("created_at", Int64, nullable=False),
+    Column("updated_at", Int64, nullable=False),
+    UniqueConstraint("queue", "dedupe_key"),
+    CheckConstraint("status IN ('ready', 'running', 'done', 'dead')", name="status"),
+    Index(None, "queue", "status", "run_at"),
+    sqlite_strict=True,
+)
+
+# Idempotent consumers: a message a consumer has handled, written in the transaction of its effect.
+inbox = Table(
+    "inbox",
+    metadata,
+    Column("consumer", Text, primary_key=True),
+    Column("message_id", Text, primary_key=True),
+    Column("created_at", Int64, nullable=False),
+    sqlite_strict=True,
+)
+
+# Where a feed consumer inside Tally (the webhook dispatcher) has read up to.
+feed_positions = Table(
+    "feed_positions",
+    metadata,
+    Column("consumer", Text, primary_key=True),
+    Column("xid", Int64, nullable=False),
+    Column("pk", Int64, nullable=False),
+    sqlite_strict=True,
+)
+
+webhooks = Table(
+    "webhooks",
+    metadata,
+    _pk(),
+    Column("id", Text, nullable=False, unique=True),
+    Column("ledger_id", Text, ForeignKey("ledgers.id"), nullable=False),
+    Column("url", Text, nullable=False),
+    Column("event_types", Text, nullable=False),  # comma-separated; "*" for every type
+    Column("max_per_second", Integer),
+    Column("secret", LargeBinary, nullable=False),  # encrypted at rest (ADR 0025)
+    Column("next_slot_at", Int64, nullable=False),  # the rate limit's schedule (GCRA)
+    Column("created_at", Int64, nullable=False),
+    Column("deleted_at", Int64),
+    Index(None, "ledger_id", "pk"),
+    sqlite_strict=True,
+)
+
+deliveries = Table(
+    "deliveries",
+    metadata,
+    _pk(),
+    Column("id", Text, nullable=False, unique=True),
+    Column("webhook_pk", Int64, ForeignKey("webhooks.pk"), nullable=False),
+    Column("event_pk", Int64, ForeignKey("events.pk"), nullable=False),
+    Column("status", Text, nullable=False),  # pending | retrying | delivered | dead
+    Column("attempts", Integer, nullable=False),
+    Column("last_status_code", Integer),
+    Column("last_error", Text),
+    Column("created_at", Int64, nullable=False),
+    Column("updated_at", Int64, nullable=False),
+    Column("delivered_at", Int64),
+    UniqueConstraint("webhook_pk", "event_pk"),
+    CheckConstraint("status IN ('pending', 'retrying', 'delivered', 'dead')", name="status"),
+    Index(None, "webhook_pk", "status", "pk"),
+    sqlite_strict=True,
+)
+
+delivery_attempts = Table(
+    "delivery_attempts",
+    metadata,
+    Column("delivery_pk", Int64, ForeignKey("deliveries.pk"), primary_key=True),
+    Column("attempt", Integer, primary_key=True),
+    Column("at", Int64, nullable=False),
+    Column("status_code", Integer),
+    Column("error", Text),
+    Column("duration_ms", Integer, nullable=False),
+    sqlite_strict=True,
+)
+
+transfer_batches = Table(
+    "transfer_batches",
+    metadata,
+    _pk(),
+    Column("id", Text, nullable=False, unique=True),
+    Column("ledger_id", Text, ForeignKey("ledgers.id"), nullable=False),
+    Column("status", Text, nullable=False),  # queued | processing | completed | failed
+    Column("atomic", Integer, nullable=False),
+    Column("request", Text, nullable=False),  # the submitted transfers, as JSON
+    Column("results", Text),
+    Column("request_id", Text),
+    Column("created_at", Int64, nullable=False),
+    Column("completed_at", Int64),
+    CheckConstraint("status IN ('queued', 'processing', 'completed', 'failed')", name="status"),
     Index(None, "ledger_id", "pk"),
     sqlite_strict=True,
 )

@@ -26,6 +26,7 @@ from tally.api.schemas import (
     BalanceOut,
     Currency,
     EntryPage,
+    Limit,
 )
 from tally.domain.accounts import AccountStatus, Bounds
 from tally.domain.errors import ValidationFailed
@@ -34,7 +35,6 @@ from tally.services.ports import StoredReply, Transaction
 from tally.services.views import account_view, entry_view, timestamp
 
 router = APIRouter(route_class=TallyRoute, tags=["accounts"])
-Limit = Annotated[int, Query(ge=1, le=1000)]
 
 
 @router.post("/v1/accounts", status_code=201, response_model=AccountOut, openapi_extra=access(Access.WRITE))

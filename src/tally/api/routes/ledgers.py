@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import orjson
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Request, Response
 
 from tally.api.replies import (
     decode_cursor,
@@ -15,7 +13,7 @@ from tally.api.replies import (
     run_write,
 )
 from tally.api.routing import Access, TallyRoute, access, principal
-from tally.api.schemas import KeyCreate, KeyCreated, KeyPage, LedgerCreate, LedgerOut
+from tally.api.schemas import KeyCreate, KeyCreated, KeyPage, LedgerCreate, LedgerOut, Limit
 from tally.domain.errors import NotFound
 from tally.services import ledgers
 from tally.services.idempotency import Outcome
@@ -23,7 +21,6 @@ from tally.services.ports import StoredReply, Transaction
 from tally.services.views import key_view, ledger_view
 
 router = APIRouter(route_class=TallyRoute, tags=["ledgers"])
-Limit = Annotated[int, Query(ge=1, le=1000)]
 
 
 def _own_ledger(request: Request, ledger_id: str) -> None:

@@ -23,6 +23,7 @@ from tally.api.schemas import (
     ClientId,
     HoldPost,
     HoldVoid,
+    Limit,
     TransferBatch,
     TransferCreate,
     TransferOut,
@@ -37,7 +38,6 @@ from tally.services.ports import StoredReply, Transaction
 from tally.services.views import JsonObject, transfer_view
 
 router = APIRouter(route_class=TallyRoute, tags=["transfers"])
-Limit = Annotated[int, Query(ge=1, le=1000)]
 
 
 def transfer_request(body: TransferCreate) -> TransferRequest:

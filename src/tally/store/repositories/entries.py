@@ -1,4 +1,4 @@
-"""Entries (the append-only postings), the idempotency records and the outbox in SQL."""
+"""Entries (the append-only postings) and the idempotency records in SQL."""
 
 from __future__ import annotations
 
@@ -9,18 +9,16 @@ from typing import Any
 from sqlalchemy import bindparam, insert, select
 
 from tally.domain.accounts import Balance, Direction, EntryKind
-from tally.domain.ids import new_id
 from tally.services.ports import (
     BalanceAt,
     Entry,
     IdempotencyRecord,
     NewEntry,
-    NewEvent,
     Page,
     StoredReply,
 )
 from tally.store import tables as t
-from tally.store.codec import dump_json, from_micros, to_micros
+from tally.store.codec import from_micros, to_micros
 from tally.store.repositories.base import SqlRepository, page_of
 
 _e = t.entries
@@ -41,7 +39,6 @@ _balance_at = (
 )
 _insert_key = insert(_k)
 _key_by_name = select(_k).where(_k.c.ledger_id == bindparam("ledger_id"), _k.c.key == bindparam("key"))
-_insert_event = insert(t.events).returning(t.events.c.pk)
 
 
 def _entry(row: Any) -> Entry:  # a Row of entries + transfer_id
@@ -129,22 +126,3 @@ class SqlIdempotencyRepository(SqlRepository):
                 "keep_until": to_micros(keep_until),
             },
         )
-
-
-class SqlEventRepository(SqlRepository):
-    async def add(self, event: NewEvent, at: datetime) -> int:
-        self._tx.mark_written()
-        result = await self._conn.execute(
-            _insert_event,
-            {
-                "id": new_id("evt"),
-                "ledger_id": event.ledger_id,
-                "type": event.type,
-                "data": dump_json(event.data),
-                "request_id": event.request_id,
-                "created_at": to_micros(at),
-            },
-        )
-        pk: int = result.scalar_one()
-        self._tx.saw_event(pk)
-        return pk

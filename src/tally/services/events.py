@@ -1,0 +1,29 @@
+"""The event feed: a ledger's outbox, oldest first, that a polling consumer can never skip in (ADR 0024)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from tally.domain.errors import ValidationFailed
+from tally.services.ports import Database, Event
+
+
+@dataclass(frozen=True, slots=True)
+class FeedPage:
+    events: list[Event]
+    next_cursor: str | None  # the last event's id; with no new event, the ``after`` given
+
+
+async def read_feed(
+    database: Database, ledger_id: str, *, after: str | None, types: Sequence[str] | None, limit: int
+) -> FeedPage:
+    async with database.read() as tx:
+        position = None
+        if after is not None:
+            found = await tx.events.position_of(after)
+            if found is None or found[0] != ledger_id:
+                raise ValidationFailed.at(("query", "after"), "No event of this ledger has this id.")
+            position = found[1]
+        events = await tx.events.feed(ledger_id, position, types, limit)
+    return FeedPage(events, events[-1].id if events else after)

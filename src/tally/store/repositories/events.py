@@ -1,0 +1,107 @@
+"""The outbox and its feed in SQL (ADR 0024).
+
+The feed is ordered by ``(xid, pk)``. On PostgreSQL ``xid`` is the writing transaction's id
+(``pg_current_xact_id()``), and a read serves only events whose ``xid`` is below its snapshot's
+``xmin``: every transaction with a smaller id has ended, so no event can later appear before a
+position already served, whatever order transactions commit in. On SQLite one writer commits at a
+time, in ``pk`` order; ``xid`` is 0 and every committed event is served.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, bindparam, insert, literal_column, select, tuple_
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from tally.domain.ids import new_id
+from tally.services.ports import Event, FeedPosition, NewEvent
+from tally.store import tables as t
+from tally.store.codec import dump_json, from_micros, load_json, to_micros
+from tally.store.repositories.base import SqlRepository
+
+_ev = t.events
+_fp = t.feed_positions
+_insert = insert(_ev).returning(_ev.c.pk)
+_insert_pg = insert(_ev).values(xid=literal_column("pg_current_xact_id()::text::bigint")).returning(_ev.c.pk)
+_HORIZON: ColumnElement[int] = literal_column("pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+
+
+def _event(row: Any) -> Event:
+    return Event(
+        pk=row.pk,
+        id=row.id,
+        ledger_id=row.ledger_id,
+        type=row.type,
+        data=load_json(row.data),
+        request_id=row.request_id,
+        created_at=from_micros(row.created_at),
+        position=FeedPosition(row.xid, row.pk),
+    )
+
+
+class SqlEventRepository(SqlRepository):
+    @property
+    def _postgres(self) -> bool:
+        return self._conn.dialect.name == "postgresql"
+
+    async def add(self, event: NewEvent, at: datetime) -> int:
+        self._tx.mark_written()
+        values = {
+            "id": new_id("evt"),
+            "ledger_id": event.ledger_id,
+            "type": event.type,
+            "data": dump_json(event.data),
+            "request_id": event.request_id,
+            "created_at": to_micros(at),
+        }
+        if self._postgres:
+            result = await self._conn.execute(_insert_pg, values)
+        else:
+            result = await self._conn.execute(_insert, {**values, "xid": 0})
+        pk: int = result.scalar_one()
+        self._tx.saw_event(pk)
+        return pk
+
+    async def position_of(self, event_id: str) -> tuple[str, FeedPosition] | None:
+        query = select(_ev.c.ledger_id, _ev.c.xid, _ev.c.pk).where(_ev.c.id == event_id)
+        row = (await self._conn.execute(query)).first()
+        return None if row is None else (row.ledger_id, FeedPosition(row.xid, row.pk))
+
+    async def feed(
+        self, ledger_id: str | None, after: FeedPosition | None, types: Sequence[str] | None, limit: int
+    ) -> list[Event]:
+        conditions: list[ColumnElement[bool]] = []
+        if ledger_id is not None:
+            conditions.append(_ev.c.ledger_id == ledger_id)
+        if after is not None:
+            conditions.append(tuple_(_ev.c.xid, _ev.c.pk) > tuple_(bindparam("a_xid"), bindparam("a_pk")))
+        if types:
+            conditions.append(_ev.c.type.in_(list(types)))
+        if self._postgres:
+            conditions.append(_ev.c.xid < _HORIZON)
+        query = select(_ev).where(*conditions).order_by(_ev.c.xid, _ev.c.pk).limit(limit)
+        params = {"a_xid": after.xid, "a_pk": after.pk} if after is not None else {}
+        return [_event(row) for row in (await self._conn.execute(query, params)).all()]
+
+    async def get(self, pk: int) -> Event | None:
+        row = (await self._conn.execute(select(_ev).where(_ev.c.pk == pk))).first()
+        return None if row is None else _event(row)
+
+    async def consumer_position(self, consumer: str) -> FeedPosition | None:
+        row = (await self._conn.execute(select(_fp).where(_fp.c.consumer == consumer))).first()
+        return None if row is None else FeedPosition(row.xid, row.pk)
+
+    async def advance(self, consumer: str, position: FeedPosition) -> None:
+        self._tx.mark_written()
+        values = {"consumer": consumer, "xid": position.xid, "pk": position.pk}
+        dialect_insert = pg_insert if self._postgres else sqlite_insert
+        upsert = dialect_insert(_fp).values(**values)
+        await self._conn.execute(
+            upsert.on_conflict_do_update(
+                index_elements=[_fp.c.consumer], set_={"xid": position.xid, "pk": position.pk}
+            )
+        )
