@@ -11,9 +11,14 @@ import contextlib
 import os
 import socket
 from collections.abc import Iterator
+from datetime import timedelta
 
+from tally.api.batch_schemas import WireBatchCodec
 from tally.config import Settings
 from tally.observability.context import current_job, current_request_id, set_job, set_request_id
+from tally.observability.logging import get_logger
+from tally.services import batch_intake
+from tally.services.batch_ports import QueuedBatch
 from tally.services.ports import Database
 from tally.services.queue_ports import Job
 from tally.services.worker import JobObserver, Queue, Wakeups, Worker
@@ -21,8 +26,42 @@ from tally.services.worker import JobObserver, Queue, Wakeups, Worker
 
 def queues(settings: Settings, database: Database) -> list[Queue]:
     """Every queue this process works on."""
-    del settings, database  # the webhook and batch queues register here
-    return []
+    registered: list[Queue] = []
+    if settings.batch_workers > 0:
+        intake = batch_intake.BatchIntake(
+            database, WireBatchCodec(), chunk_size=settings.batch_chunk_size, observer=BatchLog()
+        )
+        lease = timedelta(milliseconds=settings.job_lease_ms)
+        registered.append(Queue(batch_intake.QUEUE, intake, settings.batch_workers, lease=lease))
+    return registered
+
+
+class BatchLog:
+    """A line when a worker starts a batch and when it completes one (``batch_intake.BatchObserver``).
+
+    Both carry the submitting request's id (``job_context``), so one grep follows a batch from its
+    ``POST`` to its completion.
+    """
+
+    def __init__(self) -> None:
+        self._log = get_logger("tally.batches")
+
+    def started(self, batch: QueuedBatch, applied: int) -> None:
+        self._log.info(
+            "transfer batch started", batch_id=batch.id, items=len(batch.request), resumed_at=applied
+        )
+
+    def completed(self, batch: QueuedBatch) -> None:
+        statuses = [result.get("status") for result in batch.results or []]
+        self._log.info(
+            "transfer batch completed",
+            batch_id=batch.id,
+            status=batch.status,
+            items=len(batch.request),
+            created=statuses.count("created"),
+            existing=statuses.count("exists"),
+            errors=statuses.count("error"),
+        )
 
 
 def build_worker(

@@ -71,6 +71,20 @@ class Settings(BaseSettings):
     worker_shutdown_grace_ms: int = Field(
         default=10_000, ge=0, description="On shutdown, how long running jobs may finish before release."
     )
+    batch_workers: int = Field(
+        default=1, ge=0, le=64, description="Loops per process on the transfer-batches queue (0: none)."
+    )
+    batch_chunk_size: int = Field(
+        default=100,
+        ge=1,
+        le=1000,
+        description="Transfers per transaction of a queued non-atomic batch (atomic ones take one).",
+    )
+    job_lease_ms: int = Field(
+        default=60_000,
+        ge=100,
+        description="How long a worker's claim on a batch job lasts; after it, another worker may take it.",
+    )
     ops_token: SecretStr | None = Field(
         default=None,
         description="When set, GET /metrics and /dashboard need it as a Bearer token (at least 16 chars).",
