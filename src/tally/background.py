@@ -11,13 +11,16 @@ import contextlib
 import os
 import socket
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import timedelta
 
 from tally.api.batch_schemas import WireBatchCodec
 from tally.config import Settings
 from tally.observability.context import current_job, current_request_id, set_job, set_request_id
 from tally.observability.logging import get_logger
-from tally.services import batch_intake
+from tally.outbound import Destinations, HttpSender
+from tally.secretbox import ConfiguredSecretBox
+from tally.services import batch_intake, webhooks
 from tally.services.batch_ports import QueuedBatch
 from tally.services.ports import Database
 from tally.services.queue_ports import Job
@@ -33,6 +36,8 @@ def queues(settings: Settings, database: Database) -> list[Queue]:
         )
         lease = timedelta(milliseconds=settings.job_lease_ms)
         registered.append(Queue(batch_intake.QUEUE, intake, settings.batch_workers, lease=lease))
+    if settings.webhook_concurrency > 0:
+        registered.append(webhook_queue(settings, database))
     return registered
 
 
@@ -62,6 +67,75 @@ class BatchLog:
             existing=statuses.count("exists"),
             errors=statuses.count("error"),
         )
+
+
+def webhook_queue(settings: Settings, database: Database) -> Queue:
+    """Webhook deliveries (ADR 0025): signed POSTs, retried with backoff, rate-limited per subscription."""
+    timeout = settings.webhook_timeout_ms / 1000
+    destinations = Destinations(settings.webhook_allowed_hosts, timeout=timeout)
+    deliverer = webhooks.Deliverer(
+        database, HttpSender(destinations, timeout=timeout), ConfiguredSecretBox(settings), DeliveryLog()
+    )
+    return Queue(
+        webhooks.QUEUE,
+        deliverer,
+        settings.webhook_concurrency,
+        lease=timedelta(seconds=2 * timeout + 30),  # an attempt ends within its timeout, plus database time
+        first_backoff=settings.webhook_first_backoff_ms / 1000,
+        longest_backoff=settings.webhook_longest_backoff_ms / 1000,
+    )
+
+
+class DeliveryLog:
+    """A line per delivery attempt (``webhooks.DeliveryObserver``): ids, outcome, status, never the URL
+    (its query may hold a receiver's token) nor the secret."""
+
+    def __init__(self) -> None:
+        self._log = get_logger("tally.webhooks")
+
+    def attempted(self, attempt: webhooks.Attempt) -> None:
+        log = self._log.info if attempt.outcome == "delivered" else self._log.warning
+        log(
+            f"webhook {attempt.outcome}",
+            webhook_id=attempt.webhook_id,
+            delivery_id=attempt.delivery_id,
+            event_id=attempt.event_id,
+            attempt=attempt.number,
+            status_code=attempt.status_code,
+            error=attempt.error,
+            duration_ms=round(attempt.seconds * 1000),
+            latency_ms=round(attempt.latency * 1000),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookParts:
+    """What the API and the composition root need of webhooks: the routes seal secrets and check
+    destinations; ``Tally.start`` starts the dispatcher where the workers run."""
+
+    sealer: ConfiguredSecretBox
+    destinations: Destinations
+    dispatcher: webhooks.Dispatcher
+
+
+def webhook_parts(settings: Settings, database: Database, wakeups: Wakeups) -> WebhookParts:
+    log = get_logger("tally.webhooks")
+
+    def failed(error: Exception) -> None:
+        reason = f"{type(error).__name__}: {error}"
+        log.warning("webhook dispatch failed", job="webhook_dispatch", error=reason)
+
+    return WebhookParts(
+        ConfiguredSecretBox(settings),
+        Destinations(settings.webhook_allowed_hosts, timeout=settings.webhook_timeout_ms / 1000),
+        webhooks.Dispatcher(
+            database,
+            wakeups,
+            poll_seconds=settings.worker_poll_ms / 1000,
+            max_attempts=settings.webhook_max_attempts,
+            on_error=failed,
+        ),
+    )
 
 
 def build_worker(

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from sqlalchemy.engine import make_url
 
 from tally.api.app import create_app
-from tally.background import build_worker
+from tally.background import build_worker, webhook_parts
 from tally.config import Settings
 from tally.observability.context import set_job
 from tally.observability.logging import configure_logging, get_logger
@@ -60,6 +60,7 @@ class Tally:
         self.worker = build_worker(
             settings, self.database, self.database.wakeups, self.telemetry.jobs if self.telemetry else None
         )
+        self.webhooks = webhook_parts(settings, self.database, self.database.wakeups)
 
     @property
     def authenticator(self) -> Authenticator:
@@ -79,6 +80,7 @@ class Tally:
         self._working = not api or self.settings.worker_enabled
         if self._working:
             self.worker.start()
+            self.webhooks.dispatcher.start()
         _log.info("started", database=self.database.url.render_as_string(hide_password=True))
 
     async def _start_authentication(self) -> None:
@@ -131,6 +133,7 @@ class Tally:
 
     async def stop(self) -> None:
         if self._working:
+            await self.webhooks.dispatcher.stop()
             await self.worker.stop(self.settings.worker_shutdown_grace_ms / 1000)
         for task in (self._flusher, self._sweeper, self._sampler):
             if task is not None:
@@ -183,9 +186,8 @@ def open_database(
 
 def _secrets_of(settings: Settings) -> list[str]:
     """Configured secrets, which the logs blank wherever they would appear (observability.redaction)."""
-    return [
-        secret.get_secret_value() for secret in (settings.root_key, settings.ops_token) if secret is not None
-    ]
+    configured = (settings.root_key, settings.ops_token, settings.secret_key)
+    return [secret.get_secret_value() for secret in configured if secret is not None]
 
 
 def build_app(settings: Settings | None = None) -> FastAPI:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import ipaddress
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Literal
@@ -10,6 +14,8 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from tally.domain.keys import secret_kind
+
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)[a-z0-9_]([a-z0-9_-]{0,62})(\.[a-z0-9_]([a-z0-9_-]{0,62}))*\.?$")
 
 
 def _default_log_format() -> Literal["json", "console"]:
@@ -96,6 +102,34 @@ class Settings(BaseSettings):
     slow_query_ms: float = Field(
         default=100.0, ge=0, description="A statement at least this slow writes a 'slow query' line."
     )
+    # Webhooks (ADR 0025).
+    webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated hosts or CIDRs webhooks may target though private or loopback.",
+    )
+    webhook_timeout_ms: int = Field(
+        default=5000, ge=100, le=60_000, description="Time limit of one delivery attempt, DNS to response."
+    )
+    webhook_max_attempts: int = Field(
+        default=12, ge=1, le=100, description="Attempts of a delivery before it goes dead."
+    )
+    webhook_first_backoff_ms: int = Field(
+        default=2000, ge=1, description="Retry n waits up to first × 2^(n-1) (full jitter)."
+    )
+    webhook_longest_backoff_ms: int = Field(
+        default=3_600_000, ge=1, description="The longest wait between two attempts of a delivery."
+    )
+    webhook_concurrency: int = Field(
+        default=4, ge=0, le=64, description="Deliveries in flight per process (0: this process sends none)."
+    )
+    secret_key: SecretStr | None = Field(
+        default=None,
+        description="Base64 of 32 bytes: the key webhook secrets are encrypted with at rest.",
+    )
+    secret_key_file: Path | None = Field(
+        default=None,
+        description="Where the generated key is kept while TALLY_SECRET_KEY is unset (default ./tally.key).",
+    )
     # Not TALLY_-prefixed: prometheus-client reads the same variable, and it must agree with it.
     # `tally serve --workers N` sets it to a private directory of its own.
     prometheus_multiproc_dir: Path | None = Field(
@@ -123,4 +157,42 @@ class Settings(BaseSettings):
     def _long_enough_ops_token(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and len(value.get_secret_value()) < 16:
             raise ValueError("TALLY_OPS_TOKEN must be at least 16 characters long.")
+        return value
+
+    @field_validator("webhook_allowed_hosts", mode="before")
+    @classmethod
+    def _split_allowed_hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [host.strip().lower() for host in value.split(",") if host.strip()]
+        return value
+
+    @field_validator("webhook_allowed_hosts")
+    @classmethod
+    def _hosts_or_networks(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                if not _HOSTNAME.fullmatch(entry):
+                    raise ValueError(
+                        f"TALLY_WEBHOOK_ALLOWED_HOSTS: {entry!r} is neither a host name nor an address "
+                        "nor a CIDR."
+                    ) from None
+        return value
+
+    @field_validator("secret_key")
+    @classmethod
+    def _thirty_two_bytes(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        text = value.get_secret_value().strip().replace("-", "+").replace("_", "/")
+        try:
+            key = base64.b64decode(text, validate=True)
+        except binascii.Error:
+            key = b""
+        if len(key) != 32:
+            raise ValueError(
+                "TALLY_SECRET_KEY must be the base64 of 32 random bytes "
+                "(python -c 'import os, base64; print(base64.b64encode(os.urandom(32)).decode())')."
+            )
         return value
