@@ -163,13 +163,6 @@ async def test_statement_timeout_is_the_budget_inside_the_transaction_and_the_de
             assert await session_timeout_ms() == (pid, 0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="authentication reads the key on the primary under the route's maximum budget, and "
-    "Tally-Timeout-Ms starts only after it (tally.api.routing.TallyRoute.get_route_handler): a "
-    "request with a 200 ms budget waits for the pool as long as the busy transaction lasts, then "
-    "applies (201)",
-)
 async def test_a_request_that_cannot_get_a_connection_in_its_budget_is_a_504_with_nothing_applied() -> None:
     require_postgres()
     cluster = BACKENDS.cluster()

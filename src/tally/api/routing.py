@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import time
 from collections.abc import Callable, Coroutine
 from enum import StrEnum
 from typing import Any
@@ -95,7 +96,10 @@ class TallyRoute(APIRoute):
         async def guarded(request: Request) -> Response:
             # Fresh for every request: nothing of an earlier request's budget or reads carries over
             # (in process, an ASGI caller may run requests one after another in one context).
-            set_deadline(None if level in _KEYLESS else _server_budget(request, long))
+            # The budget runs from arrival, and authentication (a read on the primary) already
+            # spends it; a malformed header is refused only after authentication (precedence).
+            arrived = time.monotonic()
+            set_deadline(None if level in _KEYLESS else _budget(request, long, arrived, strict=False))
             origin = begin_reads(ReadIntent())
             if level in (Access.OPS, Access.OPS_PAGE):
                 _check_ops_token(request, query=level is Access.OPS_PAGE)
@@ -108,7 +112,7 @@ class TallyRoute(APIRoute):
                 limit = request.app.state.tally.max_body_bytes
                 raise PayloadTooLarge(f"The body exceeds {limit} bytes.")
             if level not in _KEYLESS:
-                set_deadline(_budget(request, long))
+                set_deadline(_budget(request, long, arrived, strict=True))
                 begin_reads(_read_intent(request), origin)
             response = await handler(request)
             if origin.as_of is not None:
@@ -165,22 +169,23 @@ def _route_maximum_ms(request: Request, long: bool) -> int:
     return cap
 
 
-def _server_budget(request: Request, long: bool) -> Deadline:
-    """The route's maximum: the budget of authentication, and of a request that names none."""
-    return Deadline.after(_route_maximum_ms(request, long) / 1000)
+def _budget(request: Request, long: bool, arrived: float, *, strict: bool) -> Deadline:
+    """``arrived`` + ``min(Tally-Timeout-Ms, the route's maximum)``; the maximum without a header.
 
-
-def _budget(request: Request, long: bool) -> Deadline:
+    ``strict``: a malformed header is a 422; otherwise (before authentication) it counts as absent.
+    """
     cap_ms = _route_maximum_ms(request, long)
     raw = request.headers.get("tally-timeout-ms")
     if raw is None:
-        return Deadline.after(cap_ms / 1000)
+        return Deadline(arrived + cap_ms / 1000)
     if not (raw.isascii() and raw.isdigit()) or len(raw) > 12 or int(raw) < 1:
+        if not strict:
+            return Deadline(arrived + cap_ms / 1000)
         raise ValidationFailed.at(
             ("header", "Tally-Timeout-Ms"), "Must be a positive integer number of milliseconds."
         )
     # A larger budget than the route allows is capped, not refused (API.md).
-    return Deadline.after(min(int(raw), cap_ms) / 1000)
+    return Deadline(arrived + min(int(raw), cap_ms) / 1000)
 
 
 _TOKEN = re.compile(r"^[0-9A-Fa-f/]{1,40}$")
