@@ -17,6 +17,7 @@ item idempotent on top of that.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import replace
 from enum import StrEnum
@@ -163,6 +164,7 @@ class BatchIntake:
             finished, completed = await retry_conflicts(lambda: self._apply_next(pk, items, job.request_id))
             if finished:
                 break
+            await _between_chunks()
         if completed is not None:
             self._observer.completed(completed)
 
@@ -234,6 +236,21 @@ class BatchIntake:
         await tx.batches.save(finished)
         await tx.events.add(NewEvent(batch.ledger_id, COMPLETED_EVENT, batch_view(finished), request_id), now)
         return finished
+
+
+async def _between_chunks() -> None:
+    """Yield to the event loop, and stop here if this job was cancelled (a worker's shutdown).
+
+    On SQLite a transaction runs on the event loop without yielding, so the requests and writers
+    waiting for the write lock get in only between chunks. A cancellation that arrived while a
+    transaction was waiting in ``asyncio.wait_for`` for a lock it got at once is swallowed by
+    ``wait_for`` on Python 3.11 (bpo-42130) but still counted by ``Task.cancelling()``: honoured
+    here, at a chunk's end, where stopping leaves the batch resumable.
+    """
+    await asyncio.sleep(0)
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 async def _record(tx: Transaction, message: str) -> None:
