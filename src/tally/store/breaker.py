@@ -42,6 +42,10 @@ class Breaker:
         return max(1, math.ceil(self._open_until - self._clock()))
 
     def failed(self) -> None:
+        """An attempt failed. While already open, this changes nothing: the requests that were in
+        flight when the server went away fail together, and count as one failure."""
+        if not self.allows():
+            return
         self._failures += 1
         wait = min(self._longest, self._cooldown * 2 ** (self._failures - 1))
         self._open_until = self._clock() + wait
