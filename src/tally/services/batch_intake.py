@@ -203,7 +203,8 @@ class BatchIntake:
                 await _record(tx, message)
                 results = done + [self._codec.result(replace(o, index=o.index + start)) for o in outcomes]
                 if not last:
-                    await tx.batches.save(replace(batch, results=results))
+                    progress = replace(batch, status=BatchStatus.PROCESSING.value, results=results)
+                    await tx.batches.save(progress)
                     return False, None
                 completed = await self._complete(tx, batch, BatchStatus.COMPLETED, results, request_id)
                 return True, completed
