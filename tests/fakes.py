@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, TypeVar, cast
 
 from tally.domain.accounts import Account, AccountStatus, Balance, EntryKind
 from tally.domain.keys import ApiKey, Ledger
@@ -24,7 +24,9 @@ from tally.services.ports import (
     BalanceAt,
     Entry,
     EntryRepository,
+    Event,
     EventRepository,
+    FeedPosition,
     HeldLeg,
     HoldRepository,
     IdempotencyRecord,
@@ -38,7 +40,10 @@ from tally.services.ports import (
 )
 
 if TYPE_CHECKING:
+    from tally.services.batch_ports import TransferBatchRepository
     from tally.services.ports import Database, Transaction
+    from tally.services.queue_ports import InboxRepository, JobRepository
+    from tally.services.webhook_ports import DeliveryRepository, WebhookRepository
 
 T = TypeVar("T")
 Clock = Callable[[], datetime]
@@ -82,6 +87,7 @@ class State:
     idempotency: dict[tuple[str, str], IdempotencyRecord] = field(default_factory=dict)
     events: list[StoredEvent] = field(default_factory=list)
     instance: dict[str, bytes] = field(default_factory=dict)
+    consumers: dict[str, FeedPosition] = field(default_factory=dict)
 
     def take_pk(self) -> int:
         pk = self.next_pk
@@ -319,11 +325,63 @@ class FakeIdempotencyRepository(_Repository):
 
 
 class FakeEventRepository(_Repository):
+    """The outbox in one list; one writer at a time, so the feed is simply in pk order."""
+
     async def add(self, event: NewEvent, at: datetime) -> int:
         self._written()
         position = self._state.take_pk()
         self._state.events.append(StoredEvent(position, copy.deepcopy(event), at))
         return position
+
+    def _event(self, stored: StoredEvent) -> Event:
+        e = stored.event
+        return Event(
+            stored.position,
+            f"evt_{stored.position}",
+            e.ledger_id,
+            e.type,
+            copy.deepcopy(e.data),
+            e.request_id,
+            stored.created_at,
+            FeedPosition(0, stored.position),
+        )
+
+    async def position_of(self, event_id: str) -> tuple[str, FeedPosition] | None:
+        found = [s for s in self._state.events if f"evt_{s.position}" == event_id]
+        return (found[0].event.ledger_id, FeedPosition(0, found[0].position)) if found else None
+
+    async def feed(
+        self, ledger_id: str | None, after: FeedPosition | None, types: Sequence[str] | None, limit: int
+    ) -> list[Event]:
+        events = [
+            self._event(s)
+            for s in self._state.events
+            if (ledger_id is None or s.event.ledger_id == ledger_id)
+            and (after is None or FeedPosition(0, s.position) > after)
+            and (not types or s.event.type in types)
+        ]
+        return events[:limit]
+
+    async def get(self, pk: int) -> Event | None:
+        return next((self._event(s) for s in self._state.events if s.position == pk), None)
+
+    async def consumer_position(self, consumer: str) -> FeedPosition | None:
+        return self._state.consumers.get(consumer)
+
+    async def advance(self, consumer: str, position: FeedPosition) -> None:
+        self._written()
+        self._state.consumers[consumer] = position
+
+
+class NoQueue:
+    """The fake database has no job queue, inbox, webhooks or queued batches: the use cases of
+    those are tested on SQLite and PostgreSQL (tests/integration, tests/api). Any use fails loudly."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attribute: str) -> object:
+        raise AssertionError(f"the fake database has no {self._name} ({attribute} was called)")
 
 
 class FakeInstanceRepository(_Repository):
@@ -355,6 +413,11 @@ class FakeTransaction:
         self.idempotency: IdempotencyRepository = FakeIdempotencyRepository(self)
         self.events: EventRepository = FakeEventRepository(self)
         self.instance: InstanceRepository = FakeInstanceRepository(self)
+        self.jobs = cast("JobRepository", NoQueue("jobs"))
+        self.inbox = cast("InboxRepository", NoQueue("inbox"))
+        self.webhooks = cast("WebhookRepository", NoQueue("webhooks"))
+        self.deliveries = cast("DeliveryRepository", NoQueue("deliveries"))
+        self.batches = cast("TransferBatchRepository", NoQueue("batches"))
 
     @property
     def wrote(self) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -27,8 +27,10 @@ from tally.services.queue_ports import Job
 from tally.services.worker import JobObserver, Queue, Wakeups, Worker
 
 
-def queues(settings: Settings, database: Database) -> list[Queue]:
-    """Every queue this process works on."""
+def queues(
+    settings: Settings, database: Database, delivered: Callable[[float], None] | None = None
+) -> list[Queue]:
+    """Every queue this process works on; ``delivered`` hears each delivered webhook's latency."""
     registered: list[Queue] = []
     if settings.batch_workers > 0:
         intake = batch_intake.BatchIntake(
@@ -37,7 +39,7 @@ def queues(settings: Settings, database: Database) -> list[Queue]:
         lease = timedelta(milliseconds=settings.job_lease_ms)
         registered.append(Queue(batch_intake.QUEUE, intake, settings.batch_workers, lease=lease))
     if settings.webhook_concurrency > 0:
-        registered.append(webhook_queue(settings, database))
+        registered.append(webhook_queue(settings, database, delivered))
     return registered
 
 
@@ -69,12 +71,17 @@ class BatchLog:
         )
 
 
-def webhook_queue(settings: Settings, database: Database) -> Queue:
+def webhook_queue(
+    settings: Settings, database: Database, delivered: Callable[[float], None] | None = None
+) -> Queue:
     """Webhook deliveries (ADR 0025): signed POSTs, retried with backoff, rate-limited per subscription."""
     timeout = settings.webhook_timeout_ms / 1000
     destinations = Destinations(settings.webhook_allowed_hosts, timeout=timeout)
     deliverer = webhooks.Deliverer(
-        database, HttpSender(destinations, timeout=timeout), ConfiguredSecretBox(settings), DeliveryLog()
+        database,
+        HttpSender(destinations, timeout=timeout),
+        ConfiguredSecretBox(settings),
+        DeliveryLog(delivered),
     )
     return Queue(
         webhooks.QUEUE,
@@ -90,10 +97,13 @@ class DeliveryLog:
     """A line per delivery attempt (``webhooks.DeliveryObserver``): ids, outcome, status, never the URL
     (its query may hold a receiver's token) nor the secret."""
 
-    def __init__(self) -> None:
+    def __init__(self, delivered: Callable[[float], None] | None = None) -> None:
         self._log = get_logger("tally.webhooks")
+        self._delivered = delivered  # the latency histogram, when metrics are on
 
     def attempted(self, attempt: webhooks.Attempt) -> None:
+        if attempt.outcome == "delivered" and self._delivered is not None:
+            self._delivered(attempt.latency)
         log = self._log.info if attempt.outcome == "delivered" else self._log.warning
         log(
             f"webhook {attempt.outcome}",
@@ -139,11 +149,15 @@ def webhook_parts(settings: Settings, database: Database, wakeups: Wakeups) -> W
 
 
 def build_worker(
-    settings: Settings, database: Database, wakeups: Wakeups, observer: JobObserver | None
+    settings: Settings,
+    database: Database,
+    wakeups: Wakeups,
+    observer: JobObserver | None,
+    delivered: Callable[[float], None] | None = None,
 ) -> Worker:
     return Worker(
         database,
-        queues(settings, database),
+        queues(settings, database, delivered),
         name=f"{socket.gethostname()}:{os.getpid()}",
         wakeups=wakeups,
         poll_seconds=settings.worker_poll_ms / 1000,

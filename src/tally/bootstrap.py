@@ -58,7 +58,11 @@ class Tally:
         self._working = False
         self.key_usage = KeyUsage()
         self.worker = build_worker(
-            settings, self.database, self.database.wakeups, self.telemetry.jobs if self.telemetry else None
+            settings,
+            self.database,
+            self.database.wakeups,
+            self.telemetry.jobs if self.telemetry else None,
+            self.telemetry.metrics.webhook_latency.observe if self.telemetry else None,
         )
         self.webhooks = webhook_parts(settings, self.database, self.database.wakeups)
 

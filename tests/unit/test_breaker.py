@@ -16,9 +16,11 @@ class Clock:
 def test_a_failure_opens_it_for_the_cooldown_then_one_attempt_may_go_through() -> None:
     clock = Clock()
     breaker = Breaker(cooldown=1.0, longest_cooldown=8.0, clock=clock)
-    assert breaker.allows() and breaker.closed
+    assert breaker.allows()
+    assert breaker.closed
     breaker.failed()
-    assert not breaker.allows() and not breaker.closed
+    assert not breaker.allows()
+    assert not breaker.closed
     assert breaker.retry_after() == 1
     clock.now += 1.0
     assert breaker.allows()

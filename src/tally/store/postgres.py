@@ -78,7 +78,8 @@ class _Pool:
         asked = time.perf_counter()
         try:
             try:
-                await asyncio.wait_for(self._slots.acquire(), remaining(default_wait))
+                async with asyncio.timeout(remaining(default_wait)):  # not wait_for (bpo-42130)
+                    await self._slots.acquire()
             except TimeoutError:
                 raise DeadlineExceeded("The time budget ran out waiting for a connection.") from None
             try:

@@ -182,7 +182,10 @@ class SqliteDatabase:
         budget = remaining(self._lock_wait)
         asked = time.perf_counter()
         try:
-            await asyncio.wait_for(self._write_lock.acquire(), budget)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a cancellation that
+            # arrives as the lock is taken (bpo-42130), and a worker's shutdown would go unheard.
+            async with asyncio.timeout(budget):
+                await self._write_lock.acquire()
         except TimeoutError:
             self._observer.waited("writer", time.perf_counter() - asked)
             raise DeadlineExceeded("The time budget ran out waiting to write.") from None
@@ -226,7 +229,8 @@ class SqliteDatabase:
     async def read(self) -> AsyncIterator[SqlTransaction]:
         asked = time.perf_counter()
         try:
-            conn = await asyncio.wait_for(self._readers.get(), remaining(self._lock_wait))
+            async with asyncio.timeout(remaining(self._lock_wait)):
+                conn = await self._readers.get()
         except TimeoutError:
             self._observer.waited("reader", time.perf_counter() - asked)
             raise DeadlineExceeded("The time budget ran out waiting for a connection.") from None
