@@ -140,11 +140,18 @@ class SqliteDatabase:
         if self.url.database not in (None, "", ":memory:"):
             Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
         engine = self._engine
-        self._writer = engine.connect()
-        with self._writer.begin():
-            tables.metadata.create_all(self._writer)
-            check_schema(self._writer)
-            last = self._writer.execute(select(func.max(tables.events.c.pk))).scalar()
+        writer = self._writer = engine.connect()
+        # Other processes on the file (workers, `tally worker`) may hold its write lock right now:
+        # wait for it like any write does, rather than fail the start.
+        await self._begin(writer, time.monotonic() + self._lock_wait)
+        try:
+            tables.metadata.create_all(writer)
+            check_schema(writer)
+            last = writer.execute(select(func.max(tables.events.c.pk))).scalar()
+            writer.commit()
+        except BaseException:
+            writer.rollback()
+            raise
         self._position = last or 0
         for _ in range(self._read_pool_size):
             self._readers.put_nowait(engine.connect())
