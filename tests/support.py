@@ -10,8 +10,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,6 +70,15 @@ class Backends:
             return found
         self.urls(directory)
         return self.cluster().primary.execute(query.replace("?", "%s"), self._made[directory], params)
+
+    @contextmanager
+    def using(self, name: str) -> Iterator[str]:
+        """Run the block on backend ``name``; drop its databases afterwards."""
+        self.name = name
+        try:
+            yield name
+        finally:
+            self.finish()
 
     def finish(self) -> None:
         """Drop the test's PostgreSQL databases; back to SQLite for the next test."""

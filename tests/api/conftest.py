@@ -24,8 +24,5 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 @pytest.fixture(autouse=True)
 def backend(request: pytest.FixtureRequest) -> Iterator[str]:
-    BACKENDS.name = request.param
-    try:
-        yield request.param
-    finally:
-        BACKENDS.finish()
+    with BACKENDS.using(request.param) as name:
+        yield name

@@ -41,15 +41,6 @@ SECRET_KEY = new_key_text()
 STRONG = {"Tally-Consistency": "strong"}  # deliveries are written by workers: read the primary
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def backend(request: pytest.FixtureRequest) -> Iterator[str]:
-    BACKENDS.name = request.param
-    try:
-        yield request.param
-    finally:
-        BACKENDS.finish()
-
-
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
     running = Receiver().start()

@@ -70,15 +70,6 @@ class WorkerProcess:
             self.process.wait()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def backend(request: pytest.FixtureRequest) -> Iterator[str]:
-    BACKENDS.name = request.param
-    try:
-        yield request.param
-    finally:
-        BACKENDS.finish()
-
-
 @pytest.fixture
 def server(backend: str, tmp_path: Path) -> Iterator[Server]:
     """`tally serve` with no workers of its own: only `tally worker` processes apply batches."""
