@@ -1,4 +1,4 @@
-"""``tally serve | worker | keygen | openapi``: the command line."""
+"""``tally serve | worker | queue | keygen | openapi``: the command line."""
 
 from __future__ import annotations
 
@@ -26,6 +26,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     worker = commands.add_parser("worker", help="run the job workers only, no HTTP (scale them out)")
     worker.add_argument("--database-url", help="database URL (TALLY_DATABASE_URL)")
     worker.add_argument("--log-format", choices=["json", "console"], help="TALLY_LOG_FORMAT")
+    queue = commands.add_parser("queue", help="inspect the job queues, redrive dead jobs")
+    queue_commands = queue.add_subparsers(dest="queue_command", required=True)
+    queue_commands.add_parser("status", help="jobs per queue and status, and the oldest ready job's age")
+    redrive = queue_commands.add_parser("redrive", help="put a queue's dead jobs back to ready")
+    redrive.add_argument("queue", help="the queue, e.g. transfer-batches or webhooks")
+    redrive.add_argument("--limit", type=int, default=1000, help="at most this many jobs (default 1000)")
     commands.add_parser("keygen", help="print a fresh root key for TALLY_ROOT_KEY")
     commands.add_parser("openapi", help="print the OpenAPI document")
     args = parser.parse_args(argv)
@@ -41,7 +47,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "worker":
         return _work(args)
+    if args.command == "queue":
+        return _queue(args)
     return _serve(args)
+
+
+def _queue(args: argparse.Namespace) -> int:
+    """``tally queue status | redrive QUEUE``, against TALLY_DATABASE_URL (ADR 0023)."""
+    import asyncio
+    from datetime import UTC, datetime
+
+    from tally.bootstrap import open_database
+    from tally.services.worker import queue_depths, redrive_dead
+
+    database = open_database(Settings(), None)
+
+    async def run() -> int:
+        await database.start()
+        try:
+            if args.queue_command == "redrive":
+                count = await redrive_dead(database, args.queue, limit=args.limit)
+                print(f"{count} dead job(s) of {args.queue} are ready again")
+                return 0
+            now = datetime.now(UTC)
+            print(f"{'queue':<20} {'status':<8} {'jobs':>8} {'oldest ready (s)':>17}")
+            for depth in await queue_depths(database):
+                oldest = (
+                    ""
+                    if depth.oldest_run_at is None or depth.status.value != "ready"
+                    else (f"{max(0.0, (now - depth.oldest_run_at).total_seconds()):.1f}")
+                )
+                print(f"{depth.queue:<20} {depth.status.value:<8} {depth.count:>8} {oldest:>17}")
+            return 0
+        finally:
+            await database.stop()
+
+    return asyncio.run(run())
 
 
 def _work(args: argparse.Namespace) -> int:

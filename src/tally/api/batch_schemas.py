@@ -14,8 +14,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ValidationError
 
-from tally.api.routes.transfers import _batch_item as batch_item
-from tally.api.routes.transfers import _result as batch_result
+from tally.api.routes.transfers import batch_item, batch_result
 from tally.api.schemas import BatchResultOut, TransferCreate
 from tally.domain.errors import FieldError, ValidationFailed
 from tally.services.transfers import BatchItem, ItemOutcome

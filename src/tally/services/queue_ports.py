@@ -86,6 +86,10 @@ class JobRepository(Protocol):
 
     async def get(self, pk: int) -> Job | None: ...
 
+    async def dead(self, queue: str, limit: int) -> list[int]:
+        """The pks of the queue's dead jobs, oldest first (for redrive)."""
+        ...
+
     async def depths(self, at: datetime) -> list[QueueDepth]:
         """Jobs per queue and status (done jobs excluded)."""
         ...

@@ -28,7 +28,7 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from tally.services.ports import Database
-from tally.services.queue_ports import Job
+from tally.services.queue_ports import Job, QueueDepth
 
 
 class Defer(Exception):
@@ -195,3 +195,16 @@ class Worker:
 
 def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"[:2000]
+
+
+async def redrive_dead(database: Database, queue: str, *, limit: int = 1000) -> int:
+    """Put up to ``limit`` of the queue's dead jobs back to ready with fresh attempts; how many."""
+    async with database.write() as tx:
+        now = await tx.now()
+        return await tx.jobs.redrive(queue, await tx.jobs.dead(queue, limit), now)
+
+
+async def queue_depths(database: Database) -> list[QueueDepth]:
+    """Jobs per queue and status, and the oldest ready job's due time."""
+    async with database.read() as tx:
+        return await tx.jobs.depths(await tx.now())

@@ -96,26 +96,28 @@ async def create_batch(body: TransferBatch, request: Request) -> Response:
     `error`. Client ids dedupe per item; the Idempotency-Key covers the whole batch.
     """
     ledger_id = ledger_of(request)
-    items = [_batch_item(item) for item in body.transfers]
+    items = [batch_item(item) for item in body.transfers]
 
     async def action(tx: Transaction) -> StoredReply:
         outcomes = await transfers.create_batch(
             tx, ledger_id, items, atomic=body.atomic, request_id=request_id(request)
         )
-        return json_reply(201 if body.atomic else 200, {"results": [_result(o) for o in outcomes]})
+        return json_reply(201 if body.atomic else 200, {"results": [batch_result(o) for o in outcomes]})
 
     outcome = await run_write(request, ledger_id, action, key_required=True)
     return respond_outcome(request, outcome)
 
 
-def _batch_item(body: TransferCreate) -> transfers.BatchItem:
+def batch_item(body: TransferCreate) -> transfers.BatchItem:
+    """One item of a batch (here, or queued: ``api.batch_schemas``); a body-rule error stays per item."""
     try:
         return transfers.BatchItem(transfer_request(body), request_hash(body))
     except RequestError as error:  # a rule decided by the item's body alone, such as same_account
         return transfers.BatchItem(None, request_hash(body), error)
 
 
-def _result(outcome: transfers.ItemOutcome) -> JsonObject:
+def batch_result(outcome: transfers.ItemOutcome) -> JsonObject:
+    """One item's result, as both batch routes answer it."""
     result: JsonObject = {"index": outcome.index, "status": outcome.status}
     if outcome.transfer is not None:
         result["transfer"] = transfer_view(outcome.transfer)

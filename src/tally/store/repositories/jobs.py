@@ -157,6 +157,15 @@ class SqlJobRepository(SqlRepository):
         row = (await self._conn.execute(select(_j).where(_j.c.pk == pk))).first()
         return None if row is None else _job(row)
 
+    async def dead(self, queue: str, limit: int) -> list[int]:
+        query = (
+            select(_j.c.pk)
+            .where(_j.c.queue == queue, _j.c.status == JobStatus.DEAD.value)
+            .order_by(_j.c.run_at, _j.c.pk)
+            .limit(limit)
+        )
+        return list((await self._conn.execute(query)).scalars())
+
     async def depths(self, at: datetime) -> list[QueueDepth]:
         del at
         query = (
