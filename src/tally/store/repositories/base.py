@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import Dialect, Executable, Result
+from sqlalchemy import Dialect, Executable, Result, Table, func
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from tally.services.ports import Page
 
@@ -39,6 +41,18 @@ class SqlRepository:
     def __init__(self, conn: SqlConnection, tx: WriteTracker) -> None:
         self._conn = conn
         self._tx = tx
+
+    @property
+    def _postgres(self) -> bool:
+        return self._conn.dialect.name == "postgresql"
+
+    def _upsert(self, table: Table) -> Any:
+        """An ``INSERT`` of this dialect, which has ``on_conflict_do_nothing``/``_do_update``."""
+        return (pg_insert if self._postgres else sqlite_insert)(table)
+
+    def _greatest(self, *values: Any) -> Any:
+        """The larger of ``values`` in SQL: ``greatest`` on PostgreSQL, ``max`` on SQLite."""
+        return (func.greatest if self._postgres else func.max)(*values)
 
 
 def page_of(

@@ -14,8 +14,6 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, bindparam, insert, literal_column, select, tuple_
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from tally.domain.ids import new_id
 from tally.services.ports import Event, FeedPosition, NewEvent
@@ -44,10 +42,6 @@ def _event(row: Any) -> Event:
 
 
 class SqlEventRepository(SqlRepository):
-    @property
-    def _postgres(self) -> bool:
-        return self._conn.dialect.name == "postgresql"
-
     async def add(self, event: NewEvent, at: datetime) -> int:
         self._tx.mark_written()
         values = {
@@ -98,8 +92,7 @@ class SqlEventRepository(SqlRepository):
     async def advance(self, consumer: str, position: FeedPosition) -> None:
         self._tx.mark_written()
         values = {"consumer": consumer, "xid": position.xid, "pk": position.pk}
-        dialect_insert = pg_insert if self._postgres else sqlite_insert
-        upsert = dialect_insert(_fp).values(**values)
+        upsert = self._upsert(_fp).values(**values)
         await self._conn.execute(
             upsert.on_conflict_do_update(
                 index_elements=[_fp.c.consumer], set_={"xid": position.xid, "pk": position.pk}

@@ -14,8 +14,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, insert, literal_column, select, text, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from tally.services.queue_ports import Job, JobStatus, NewJob, QueueDepth
 from tally.store import tables as t
@@ -45,10 +43,6 @@ def _job(row: Any) -> Job:
 
 
 class SqlJobRepository(SqlRepository):
-    @property
-    def _postgres(self) -> bool:
-        return self._conn.dialect.name == "postgresql"
-
     async def add(self, job: NewJob, at: datetime) -> int | None:
         self._tx.mark_written()
         micros = to_micros(at)
@@ -67,9 +61,8 @@ class SqlJobRepository(SqlRepository):
         if job.dedupe_key is None:
             statement: Any = insert(_j).values(**values).returning(_j.c.pk)
         else:
-            dialect_insert = pg_insert if self._postgres else sqlite_insert
             statement = (
-                dialect_insert(_j)
+                self._upsert(_j)
                 .values(**values)
                 .on_conflict_do_nothing(index_elements=[_j.c.queue, _j.c.dedupe_key])
                 .returning(_j.c.pk)
@@ -182,10 +175,8 @@ class SqlJobRepository(SqlRepository):
 class SqlInboxRepository(SqlRepository):
     async def claim(self, consumer: str, message_id: str, at: datetime) -> bool:
         self._tx.mark_written()
-        postgres = self._conn.dialect.name == "postgresql"
-        dialect_insert = pg_insert if postgres else sqlite_insert
         statement: Any = (
-            dialect_insert(t.inbox)
+            self._upsert(t.inbox)
             .values(consumer=consumer, message_id=message_id, created_at=to_micros(at))
             .on_conflict_do_nothing()
             .returning(literal_column("1"))

@@ -7,9 +7,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import insert, select, update
 
 from tally.domain.ids import new_id
 from tally.services.ports import Page
@@ -111,11 +109,10 @@ class SqlWebhookRepository(SqlRepository):
         self._tx.mark_written()
         now = to_micros(at)
         step = int(interval.total_seconds() * 1_000_000)
-        slot = func.max if self._conn.dialect.name == "sqlite" else func.greatest
         result = await self._conn.execute(
             update(_w)
             .where(_w.c.pk == pk)
-            .values(next_slot_at=slot(_w.c.next_slot_at, now) + step)
+            .values(next_slot_at=self._greatest(_w.c.next_slot_at, now) + step)
             .returning(_w.c.next_slot_at)
         )
         return from_micros(result.scalar_one() - step)
@@ -125,9 +122,8 @@ class SqlDeliveryRepository(SqlRepository):
     async def add(self, webhook_pk: int, event_pk: int, at: datetime) -> int | None:
         self._tx.mark_written()
         micros = to_micros(at)
-        dialect_insert = pg_insert if self._conn.dialect.name == "postgresql" else sqlite_insert
         statement: Any = (
-            dialect_insert(_d)
+            self._upsert(_d)
             .values(
                 id=new_id("dlv"),
                 webhook_pk=webhook_pk,
@@ -171,9 +167,8 @@ class SqlDeliveryRepository(SqlRepository):
     ) -> None:
         self._tx.mark_written()
         micros = to_micros(at)
-        dialect_insert = pg_insert if self._conn.dialect.name == "postgresql" else sqlite_insert
         await self._conn.execute(
-            dialect_insert(_a)
+            self._upsert(_a)
             .values(
                 delivery_pk=delivery_pk,
                 attempt=attempt,
@@ -189,9 +184,7 @@ class SqlDeliveryRepository(SqlRepository):
             .where(_d.c.pk == delivery_pk)
             .values(
                 status=outcome,
-                attempts=func.max(_d.c.attempts, attempt)
-                if self._conn.dialect.name == "sqlite"
-                else func.greatest(_d.c.attempts, attempt),
+                attempts=self._greatest(_d.c.attempts, attempt),
                 last_status_code=status_code,
                 last_error=None if error is None else error[:2000],
                 updated_at=micros,
