@@ -99,7 +99,8 @@ class TallyRoute(APIRoute):
             # The budget runs from arrival, and authentication (a read on the primary) already
             # spends it; a malformed header is refused only after authentication (precedence).
             arrived = time.monotonic()
-            set_deadline(None if level in _KEYLESS else _budget(request, long, arrived, strict=False))
+            budget_ms, malformed = (0, False) if level in _KEYLESS else _budget_ms(request, long)
+            set_deadline(None if level in _KEYLESS else Deadline(arrived + budget_ms / 1000))
             origin = begin_reads(ReadIntent())
             if level in (Access.OPS, Access.OPS_PAGE):
                 _check_ops_token(request, query=level is Access.OPS_PAGE)
@@ -111,8 +112,11 @@ class TallyRoute(APIRoute):
             if request.scope["state"].get("body_too_large"):
                 limit = request.app.state.tally.max_body_bytes
                 raise PayloadTooLarge(f"The body exceeds {limit} bytes.")
+            if malformed:
+                raise ValidationFailed.at(
+                    ("header", "Tally-Timeout-Ms"), "Must be a positive integer number of milliseconds."
+                )
             if level not in _KEYLESS:
-                set_deadline(_budget(request, long, arrived, strict=True))
                 begin_reads(_read_intent(request), origin)
             response = await handler(request)
             if origin.as_of is not None:
@@ -163,29 +167,21 @@ def _authorise(who: Principal, level: Access) -> None:
         raise Forbidden(f"This route needs the '{_SCOPE[level].value}' scope.")
 
 
-def _route_maximum_ms(request: Request, long: bool) -> int:
-    settings = request.app.state.tally.settings
-    cap: int = settings.long_request_timeout_ms if long else settings.request_timeout_ms
-    return cap
+def _budget_ms(request: Request, long: bool) -> tuple[int, bool]:
+    """``min(Tally-Timeout-Ms, the route's maximum)``, and whether the header was malformed.
 
-
-def _budget(request: Request, long: bool, arrived: float, *, strict: bool) -> Deadline:
-    """``arrived`` + ``min(Tally-Timeout-Ms, the route's maximum)``; the maximum without a header.
-
-    ``strict``: a malformed header is a 422; otherwise (before authentication) it counts as absent.
+    Without a header, or with a malformed one, the route's maximum: a malformed header is refused
+    only after authentication (error precedence), which already spends the budget.
     """
-    cap_ms = _route_maximum_ms(request, long)
+    settings = request.app.state.tally.settings
+    cap_ms: int = settings.long_request_timeout_ms if long else settings.request_timeout_ms
     raw = request.headers.get("tally-timeout-ms")
     if raw is None:
-        return Deadline(arrived + cap_ms / 1000)
+        return cap_ms, False
     if not (raw.isascii() and raw.isdigit()) or len(raw) > 12 or int(raw) < 1:
-        if not strict:
-            return Deadline(arrived + cap_ms / 1000)
-        raise ValidationFailed.at(
-            ("header", "Tally-Timeout-Ms"), "Must be a positive integer number of milliseconds."
-        )
+        return cap_ms, True
     # A larger budget than the route allows is capped, not refused (API.md).
-    return Deadline(arrived + min(int(raw), cap_ms) / 1000)
+    return min(int(raw), cap_ms), False
 
 
 _TOKEN = re.compile(r"^[0-9A-Fa-f/]{1,40}$")
