@@ -122,6 +122,51 @@ class Settings(BaseSettings):
     webhook_concurrency: int = Field(
         default=4, ge=0, le=64, description="Deliveries in flight per process (0: this process sends none)."
     )
+    cache_url: str = Field(
+        default="memory://",
+        description="The cache: memory:// (in-process), redis://host:port[/db] or memcached://host:port.",
+    )
+    cache_invalidation: str | None = Field(
+        default=None,
+        description="How in-process caches of several processes hear of changes: redis://host:port "
+        "(pub/sub), outbox (poll the event feed) or off; default outbox for memory://, off otherwise.",
+    )
+    cache_invalidation_poll_ms: int = Field(
+        default=200, ge=10, description="How often the outbox invalidation reads the event feed."
+    )
+    cache_ttl_ms: int = Field(
+        default=30_000, ge=0, description="How long a cached account and balance is fresh (0: no cache)."
+    )
+    key_cache_ttl_ms: int = Field(
+        default=10_000, ge=0, description="How long a cached API key lookup is fresh (0: no cache)."
+    )
+    cache_stale_ms: int = Field(
+        default=3_600_000,
+        ge=0,
+        description="How long past freshness an account stays cached for stale-if-error reads.",
+    )
+    cache_max_entries: int = Field(
+        default=100_000, ge=1, description="Entries the in-process cache holds (least recently used go)."
+    )
+    cache_timeout_ms: int = Field(
+        default=50, ge=1, description="The longest wait for one cache call (also bounded by the budget)."
+    )
+    key_usage_flush_ms: int = Field(
+        default=1_000, ge=10, description="How often buffered key usage (last_used_at, counts) is written."
+    )
+    key_usage_max_keys: int = Field(
+        default=10_000, ge=1, description="Keys the usage buffer holds between flushes (more are dropped)."
+    )
+    rate_limit: str | None = Field(
+        default="1000/second",
+        description="Requests per API key, in the limits notation (e.g. 100/second, 6000/minute); "
+        "off disables.",
+    )
+    rate_limit_url: str | None = Field(
+        default=None,
+        description="Where the rate-limit counters live: memory://, redis://… or memcached://… "
+        "(default: the cache's server).",
+    )
     secret_key: SecretStr | None = Field(
         default=None,
         description="Base64 of 32 bytes: the key webhook secrets are encrypted with at rest.",

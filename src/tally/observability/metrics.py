@@ -51,7 +51,6 @@ JOB_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30
 # Names the queue and cache issues will export; the alert rules, the dashboards and docs/operations.md
 # already refer to them (see docs/operations.md, "Metrics still to come").
 PLANNED_METRICS = (
-    "tally_cache_requests_total",  # counter {cache, result="hit"|"miss"}
 )
 
 
@@ -153,6 +152,39 @@ class Metrics:
             "tally_db_replica_lag_seconds",
             "Seconds since the replica was last known to hold everything the primary had (+Inf: never).",
             ["replica"], registry=registry, multiprocess_mode="livemax",
+        )  # fmt: skip
+        cache = ["cache", "backend"]
+        self.cache_requests = Counter(
+            "tally_cache_requests",
+            "Cache lookups by cache, backend and result (hit, miss, stale: served by stale-if-error, "
+            "error: the backend failed and the database answered).",
+            [*cache, "result"], registry=registry,
+        )  # fmt: skip
+        self.cache_latency = Histogram(
+            "tally_cache_operation_seconds", "Time of one call to the cache backend, by operation.",
+            ["backend", "operation"], buckets=QUERY_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.cache_errors = Counter(
+            "tally_cache_errors", "Cache backend calls that failed or ran out of time (never a failed request).",
+            ["backend", "operation"], registry=registry,
+        )  # fmt: skip
+        self.cache_invalidations = Counter(
+            "tally_cache_invalidations",
+            "Entries dropped or tombstoned on another process's word, by channel (redis, outbox).",
+            ["channel"], registry=registry,
+        )  # fmt: skip
+        self.write_behind_buffer = Gauge(
+            "tally_write_behind_buffer", "Items buffered by a write-behind, not yet flushed.",
+            ["buffer"], registry=registry, multiprocess_mode="livesum",
+        )  # fmt: skip
+        self.write_behind_flushes = Counter(
+            "tally_write_behind_flushes", "Write-behind flushes by buffer and outcome (ok, failed, dropped).",
+            ["buffer", "outcome"], registry=registry,
+        )  # fmt: skip
+        self.rate_limit_decisions = Counter(
+            "tally_rate_limit_decisions",
+            "Rate-limit decisions: allowed, limited, or failed_open (the limiter's backend was down).",
+            ["backend", "result"], registry=registry,
         )  # fmt: skip
 
         self.transfers = Counter(
