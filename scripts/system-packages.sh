@@ -11,6 +11,8 @@ declare -A wanted=(
     # binaries off PATH, hence absolute paths (`command -v` accepts an executable's path).
     [/usr/lib/postgresql/15/bin/initdb]=postgresql-15
     [/usr/lib/postgresql/15/bin/pg_basebackup]=postgresql-client-15
+    [redis-server]=redis-server      # tests/cache_servers.py: the Redis cache, pub/sub and rate limits
+    [memcached]=memcached            # ... and the Memcached cache and rate limits
 )
 missing=()
 for cmd in "${!wanted[@]}"; do
