@@ -11,6 +11,7 @@ from sqlalchemy.engine import make_url
 
 from tally.api.app import create_app
 from tally.background import build_worker, webhook_parts
+from tally.cache.rate_limits import DecisionCounter, build_rate_limiter
 from tally.config import Settings
 from tally.observability.context import set_job
 from tally.observability.logging import configure_logging, get_logger
@@ -65,6 +66,8 @@ class Tally:
             self.telemetry.metrics.webhook_latency.observe if self.telemetry else None,
         )
         self.webhooks = webhook_parts(settings, self.database, self.database.wakeups)
+        # Per-key rate limits (ADR 0029); None when TALLY_RATE_LIMIT=off. Connects on first use.
+        self.rate_limiter = build_rate_limiter(settings, count=_rate_limit_counter(self.telemetry))
 
     @property
     def authenticator(self) -> Authenticator:
@@ -146,6 +149,8 @@ class Tally:
                     await task
         await self.key_usage.flush(self.database)
         await self.database.stop()
+        if self.rate_limiter is not None:
+            await self.rate_limiter.close()
         if self.telemetry is not None:
             self.telemetry.close()
 
@@ -186,6 +191,14 @@ def open_database(
     raise ValueError(
         f"TALLY_DATABASE_URL names {backend!r}; use sqlite:///path.db or postgresql+psycopg://user@host/db."
     )
+
+
+def _rate_limit_counter(telemetry: Telemetry | None) -> DecisionCounter | None:
+    """Counts each rate-limit decision in ``tally_rate_limit_decisions`` (backend, result)."""
+    if telemetry is None:
+        return None
+    decisions = telemetry.metrics.rate_limit_decisions
+    return lambda backend, result: decisions.labels(backend, result).inc()
 
 
 def _secrets_of(settings: Settings) -> list[str]:

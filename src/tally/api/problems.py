@@ -268,12 +268,14 @@ _ROWS: list[tuple[type[e.TallyError] | None, Problem]] = [
         ),
     ),
     (
-        None,
+        e.RateLimited,
         Problem(
             "rate_limited",
             429,
             "Too many requests",
-            "Wait for the number of seconds in `Retry-After`, then retry.",
+            "This key sent more requests than its quota allows (see the `RateLimit-Policy` header); "
+            "nothing was applied. Wait for the number of seconds in `Retry-After`, then retry with the "
+            "same Idempotency-Key, and spread requests out or batch transfers.",
         ),
     ),
     (

@@ -9,10 +9,18 @@ Operations routes that show operational data (``/metrics``, ``/dashboard``) are 
 ``TALLY_OPS_TOKEN`` is unset, otherwise they need that token as ``Authorization: Bearer``, or, for
 ``OPS_PAGE`` (pages a browser opens from a link), as ``?token=``. Tokens are compared as SHA-256
 digests with ``hmac.compare_digest``: constant time, and no length to learn.
+
+Keyed routes are rate limited per key (the root key counts as the key ``root``) right after
+authorisation and before the body is looked at: authentication (401) → scope (403) → rate limit
+(429) → body and query validation (ADR 0029). A refusal is 429 ``rate_limited`` with
+``Retry-After`` and the ``RateLimit`` header of draft-ietf-httpapi-ratelimit-headers; every answer
+of a keyed route carries the static ``RateLimit-Policy`` while limits are on. Operations routes and
+problem pages need no key and are never limited.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import hmac
 import re
@@ -24,7 +32,10 @@ from typing import Any
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
 
-from tally.domain.errors import Forbidden, PayloadTooLarge, Unauthenticated, ValidationFailed
+from tally.api.problems import render_error
+from tally.api.replies import request_id, respond
+from tally.cache.rate_limits import Decision, Policy, RateLimiter
+from tally.domain.errors import Forbidden, PayloadTooLarge, RateLimited, Unauthenticated, ValidationFailed
 from tally.domain.keys import Scope, effective_scopes
 from tally.services.consistency import Consistency, ReadIntent, begin_reads
 from tally.services.deadline import Deadline, set_deadline
@@ -47,6 +58,27 @@ class Access(StrEnum):
 
 
 _KEYLESS = frozenset({Access.PUBLIC, Access.OPS, Access.OPS_PAGE})
+_POLICY = '"default"'  # the name of the one quota policy in the RateLimit headers
+_RATE_LIMITED_RESPONSE: dict[str, Any] = {
+    "description": "Too many requests for this key (`rate_limited`); nothing was applied.",
+    "headers": {
+        "Retry-After": {
+            "description": "Whole seconds (at least 1) to wait before a request of this key may pass.",
+            "schema": {"type": "integer"},
+        },
+        "RateLimit": {
+            "description": "What is left of the quota (draft-ietf-httpapi-ratelimit-headers): "
+            '`"default";r=0;t=<seconds>`.',
+            "schema": {"type": "string"},
+        },
+        "RateLimit-Policy": {
+            "description": "The quota of each key, also sent on every answer of a keyed route while "
+            'limits are on: `"default";q=<requests>;w=<seconds>`.',
+            "schema": {"type": "string"},
+        },
+    },
+    "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+}
 _SCOPE = {Access.READ: Scope.READ, Access.WRITE: Scope.WRITE, Access.ADMIN: Scope.ADMIN}
 
 
@@ -63,6 +95,7 @@ def access(level: Access, *, long: bool = False) -> dict[str, Any]:
         extra["security"] = [{"bearer": []}, {}]  # the ops token, only when one is configured
     elif level is not Access.PUBLIC:
         extra["security"] = [{"bearer": []}]
+        extra["responses"] = {"429": copy.deepcopy(_RATE_LIMITED_RESPONSE)}
     return extra
 
 
@@ -99,6 +132,7 @@ class TallyRoute(APIRoute):
             # The budget runs from arrival, and authentication (a read on the primary) already
             # spends it; a malformed header is refused only after authentication (precedence).
             arrived = time.monotonic()
+            limiter: RateLimiter | None = request.app.state.tally.rate_limiter
             budget_ms, malformed = (0, False) if level in _KEYLESS else _budget_ms(request, long)
             set_deadline(None if level in _KEYLESS else Deadline(arrived + budget_ms / 1000))
             origin = begin_reads(ReadIntent())
@@ -109,6 +143,9 @@ class TallyRoute(APIRoute):
                 _authorise(who, level)
                 request.state.principal = who
                 request.state.ledger_id = who.ledger_id
+                decision = await _rate_limit(limiter, who)
+                if decision is not None and not decision.allowed:
+                    return _refusal(request, decision)
             if request.scope["state"].get("body_too_large"):
                 limit = request.app.state.tally.max_body_bytes
                 raise PayloadTooLarge(f"The body exceeds {limit} bytes.")
@@ -122,9 +159,44 @@ class TallyRoute(APIRoute):
             if origin.as_of is not None:
                 response.headers["Tally-Stale"] = "true"
                 response.headers["Tally-As-Of"] = timestamp(origin.as_of) or ""
+            if limiter is not None and level not in _KEYLESS:
+                response.headers["RateLimit-Policy"] = _policy_header(limiter.policy)
             return response
 
         return guarded
+
+
+async def _rate_limit(limiter: RateLimiter | None, who: Principal) -> Decision | None:
+    """Count the request against its key's quota; ``None`` when rate limits are off."""
+    if limiter is None:
+        return None
+    return await limiter.check(who.key_id or "root")
+
+
+def _policy_header(policy: Policy) -> str:
+    return f"{_POLICY};q={policy.limit};w={policy.window}"
+
+
+def _refusal(request: Request, decision: Decision) -> Response:
+    """429 ``rate_limited`` with ``Retry-After`` (RFC 9110) and the RateLimit headers.
+
+    The headers are the structured-field form of draft-ietf-httpapi-ratelimit-headers:
+    ``RateLimit-Policy: "default";q=1000;w=1`` (the quota) and ``RateLimit: "default";r=0;t=1``
+    (nothing remaining, ``t`` seconds until there is). Written here rather than by the app's error
+    handler because they carry the decision.
+    """
+    wait = decision.retry_after or decision.policy.window
+    error = RateLimited(
+        f"This key may make {decision.policy.limit} requests per {decision.policy.window} s; "
+        f"retry in {wait} s.",
+        retry_after=wait,
+    )
+    headers = {
+        "Retry-After": str(error.retry_after),
+        "RateLimit-Policy": _policy_header(decision.policy),
+        "RateLimit": f"{_POLICY};r={decision.remaining or 0};t={error.retry_after}",
+    }
+    return respond(render_error(error, request_id(request)), headers)
 
 
 async def _authenticate(request: Request) -> Principal:

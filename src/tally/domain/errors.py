@@ -16,6 +16,7 @@ exactly one problem ``code`` and HTTP status. Services and adapters raise these,
     ├── AccessError
     │   ├── Unauthenticated          401 unauthenticated
     │   └── Forbidden                403 forbidden
+    ├── RateLimited                  429 rate_limited (with the seconds to wait); nothing was applied
     ├── NotFound                     404 not_found
     ├── Rejection                    decided while processing, against stored state: these
     │   │                            outcomes are stored with an idempotency key and replayed
@@ -118,6 +119,17 @@ class Unauthenticated(AccessError):
 
 class Forbidden(AccessError):
     pass
+
+
+class RateLimited(TallyError):
+    """The key sent more requests than its quota allows; decided before the request was read.
+
+    ``retry_after`` is the whole number of seconds (at least 1) after which a request may pass.
+    """
+
+    def __init__(self, detail: str, retry_after: int) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
 
 
 class NotFound(TallyError):
