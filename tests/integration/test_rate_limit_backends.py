@@ -7,6 +7,7 @@ Specifications:
 - when the server dies or hangs, every request is allowed (fail open) and counted ``failed_open``,
   nothing raises, and one warning line is written however many requests pass; once the server is
   back and the cooldown over, limiting resumes;
+- calls cut short by the request's budget, even while connecting, leave the limiter working;
 - ``TALLY_RATE_LIMIT`` is one limit in the limits notation, or ``off``.
 
 Quotas are per day, so that no test straddles a window boundary (where the sliding window
@@ -33,6 +34,7 @@ from tally.cache.rate_limits import (
     parse_rate_limit,
 )
 from tally.config import Settings
+from tally.services.deadline import Deadline, set_deadline
 from tests.cache_servers import BACKENDS, CacheServer, cache_server, cache_url
 
 # tests/cache_servers.py leaves each server's log file open in start() (an unclosed-file ResourceWarning,
@@ -201,8 +203,8 @@ async def test_a_dead_server_lets_requests_pass_counted_and_limiting_resumes_whe
     assert (await limiter.check(key)).outcome == "limited"
 
 
-async def test_a_hung_server_lets_requests_pass_after_the_timeout(
-    server: CacheServer, limiter_on: Factory, recorded: Recorded
+async def test_a_hung_server_lets_requests_pass_after_the_timeout_and_limiting_resumes_after_it(
+    server: CacheServer, limiter_on: Factory, recorded: Recorded, clock: Clock
 ) -> None:
     limiter = limiter_on(server.url)
     key = new_key()
@@ -214,6 +216,7 @@ async def test_a_hung_server_lets_requests_pass_after_the_timeout(
     assert [d.outcome for d in while_hung] == ["failed_open"] * 3
     assert len(recorded.warnings) == 1  # the first call waited out the timeout; the others did not ask
     assert "Timeout" in recorded.warnings[0]["error"]
+    assert (await decided(limiter, key, clock))[0].outcome == "allowed"
 
 
 async def decided(limiter: RateLimiter, key: str, clock: Clock, attempts: int = 10) -> list[Decision]:
@@ -272,3 +275,22 @@ async def test_without_a_url_of_its_own_the_limiter_uses_the_cache_server(server
         assert (await limiter.check(new_key())).outcome == "allowed"
     finally:
         await limiter.close()
+
+
+async def test_calls_cut_short_by_the_request_budget_leave_the_limiter_working(
+    url: str, limiter_on: Factory, clock: Clock
+) -> None:
+    limiter = limiter_on(url)
+    # A fresh limiter, and budgets that run out at every step of a first call, connecting included
+    # (a memcachio call cancelled while it connects would lose its pool slot for good).
+    for budget in [0.0, 0.00005, 0.0001, 0.0002, 0.0005, 0.001] * 2:
+        set_deadline(Deadline.after(budget))
+        try:
+            assert (await limiter.check(new_key())).allowed
+        finally:
+            set_deadline(None)
+        clock.advance(FAILURE_COOLDOWN + 0.1)
+
+    decisions = await spend(limiter, new_key(), QUOTA + 1)
+
+    assert [d.outcome for d in decisions] == ["allowed"] * QUOTA + ["limited"]

@@ -19,9 +19,9 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import redis.asyncio
@@ -38,6 +38,7 @@ from tally.services.deadline import remaining
 if TYPE_CHECKING:
     from tally.config import Settings
 
+T = TypeVar("T")
 Outcome = Literal["allowed", "limited", "failed_open"]
 DecisionCounter = Callable[[str, Outcome], None]  # (backend, outcome): tally_rate_limit_decisions
 
@@ -103,6 +104,7 @@ class RateLimiter:
         self._resting_until = -math.inf  # after a failure, until then every request fails open
         self._next_warning = -math.inf
         self._unwarned = 0  # failed-open requests since the last warning line
+        self._running: set[asyncio.Task[Any]] = set()  # calls to the backend not yet settled
 
     async def check(self, key_id: str) -> Decision:
         """Count one request of ``key_id`` and decide. Never raises for a backend failure."""
@@ -110,8 +112,7 @@ class RateLimiter:
             return self._failed_open()
         bound = self._bound()
         try:
-            async with asyncio.timeout(bound):
-                allowed = await self._strategy.hit(self._item, IDENTIFIER, key_id)
+            allowed = await self._bounded(self._strategy.hit(self._item, IDENTIFIER, key_id), bound)
         except TimeoutError as error:
             # Out of the request's own budget, the backend is not to blame: no cooldown, no warning.
             return self._failed_open(error if bound >= self._timeout else None)
@@ -122,9 +123,31 @@ class RateLimiter:
         return self._decided(Decision("limited", self.policy, 0, await self._retry_after(key_id)))
 
     async def close(self) -> None:
-        """Let go of the backend's connections."""
+        """Let go of the backend's connections, and of the calls still running in the background."""
+        for task in self._running:
+            task.cancel()
+        await asyncio.gather(*self._running, return_exceptions=True)
         if self._close is not None:
             await self._close()
+
+    async def _bounded(self, call: Coroutine[Any, Any, T], bound: float) -> T:
+        """``call``'s answer, waited for at most ``bound`` seconds (else ``TimeoutError``).
+
+        The call runs in a task of its own that is never cancelled: past the bound it goes on in the
+        background, bounded by the client's own timeouts, and a hit that lands late still counts.
+        Cancelling it instead would be unsafe: a memcachio call cancelled while it connects loses
+        its slot of the pool for good, and once both slots are gone every later call fails.
+        """
+        task = asyncio.create_task(call)
+        self._running.add(task)
+        task.add_done_callback(self._settled)
+        async with asyncio.timeout(bound):
+            return await asyncio.shield(task)
+
+    def _settled(self, task: asyncio.Task[Any]) -> None:
+        self._running.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a call that failed after its request moved on is no error
 
     async def _retry_after(self, key_id: str) -> int:
         """Seconds until the key's weighted count drops below its quota (a second call: refusals only).
@@ -133,8 +156,9 @@ class RateLimiter:
         """
         window = self.policy.window
         try:
-            async with asyncio.timeout(self._bound()):
-                stats = await self._strategy.get_window_stats(self._item, IDENTIFIER, key_id)
+            stats = await self._bounded(
+                self._strategy.get_window_stats(self._item, IDENTIFIER, key_id), self._bound()
+            )
         except Exception:  # the refusal stands; the longest possible wait is a safe answer
             return window
         # limits keeps its windows on the wall clock (time.time()), as every process must agree on them.
@@ -212,7 +236,7 @@ def open_storage(url: str, timeout: float) -> tuple[Storage, str, Callable[[], A
         pool: redis.asyncio.BlockingConnectionPool = redis.asyncio.BlockingConnectionPool.from_url(
             url,
             max_connections=REDIS_CONNECTIONS,
-            timeout=None,  # the wait for a free connection is bounded by the call's timeout
+            timeout=timeout,  # the wait for a free connection
             socket_connect_timeout=timeout,
             socket_timeout=timeout,
             retry=Retry(NoBackoff(), 0),
@@ -220,6 +244,8 @@ def open_storage(url: str, timeout: float) -> tuple[Storage, str, Callable[[], A
         options: dict[str, Any] = {"connection_pool": pool}
         return RedisStorage(f"async+{url}", implementation="redispy", **options), "redis", pool.aclose
     if scheme == "memcached":
+        # memcachio's wait for a slot of its pool (blocking_timeout) stays at its default of 5 s: it
+        # must outlast the connect timeout, or a slow connect loses its slot as a cancelled one does.
         memcached = MemcachedStorage(f"async+{url}", connect_timeout=timeout, read_timeout=timeout)
         return memcached, "memcached", lambda: _close_memcached(memcached)
     raise ValueError(
