@@ -161,7 +161,7 @@ class RateLimiter:
             )
         except Exception:  # the refusal stands; the longest possible wait is a safe answer
             return window
-        # limits keeps its windows on the wall clock (time.time()), as every process must agree on them.
+        # limits gives the reset as a wall-clock instant (time.time()), whatever the backend.
         return max(1, min(window, math.ceil(stats.reset_time - time.time())))
 
     def _bound(self) -> float:
