@@ -47,7 +47,7 @@ def require_binary(kind: str) -> str:
 @dataclass
 class CacheServer:
     kind: str  # "redis" or "memcached"
-    port: int = field(default_factory=lambda: _free_port())
+    port: int = field(default_factory=lambda: _free_port())  # noqa: PLW0108 (defined below)
     directory: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="tally-cache-")))
     process: subprocess.Popen[bytes] | None = None
 
@@ -70,8 +70,8 @@ class CacheServer:
 
     def start(self) -> None:
         """Start (or restart, on the same port) and wait until the port accepts connections."""
-        log = (self.directory / f"{self.kind}.out").open("ab")
-        self.process = subprocess.Popen(self.command(), stdout=log, stderr=log, cwd=self.directory)  # noqa: S603
+        with (self.directory / f"{self.kind}.out").open("ab") as log:  # the child keeps its own copy
+            self.process = subprocess.Popen(self.command(), stdout=log, stderr=log, cwd=self.directory)
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -130,5 +130,5 @@ def _free_port() -> int:
 
 @atexit.register
 def _stop_all() -> None:
-    for server in list(_running):
-        server.remove()
+    while _running:
+        _running[-1].remove()  # remove() takes it off the list

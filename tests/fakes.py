@@ -22,6 +22,7 @@ from tally.services.ports import (
     AccountRepository,
     ApiKeyRepository,
     BalanceAt,
+    CommitListener,
     Entry,
     EntryRepository,
     Event,
@@ -83,6 +84,7 @@ class State:
     transfers: dict[int, Transfer] = field(default_factory=dict)
     transfer_accounts: dict[int, set[int]] = field(default_factory=dict)
     holds: dict[tuple[int, int], HeldLeg] = field(default_factory=dict)
+    key_usage: dict[tuple[str, str], int] = field(default_factory=dict)
     entries: list[Entry] = field(default_factory=list)
     idempotency: dict[tuple[str, str], IdempotencyRecord] = field(default_factory=dict)
     events: list[StoredEvent] = field(default_factory=list)
@@ -145,6 +147,13 @@ class FakeApiKeyRepository(_Repository):
 
     async def touch(self, key_id: str, at: datetime) -> None:
         self._update(None, key_id, lambda key: replace(key, last_used_at=at))
+
+    async def count_usage(self, key_id: str, day: str, requests: int) -> None:
+        self._written()
+        self._state.key_usage[key_id, day] = self._state.key_usage.get((key_id, day), 0) + requests
+
+    async def usage(self, key_id: str) -> Sequence[tuple[str, int]]:
+        return sorted((day, n) for (key, day), n in self._state.key_usage.items() if key == key_id)
 
 
 class FakeAccountRepository(_Repository):
@@ -311,6 +320,14 @@ class FakeHoldRepository(_Repository):
         )
         return list(dict.fromkeys(pk for _, pk in due))[:limit]
 
+    async def next_expiry(self, account_pk: int, after: datetime) -> datetime | None:
+        later = [
+            leg.expires_at
+            for leg in self._state.holds.values()
+            if leg.account_pk == account_pk and leg.expires_at is not None and leg.expires_at > after
+        ]
+        return min(later, default=None)
+
 
 class FakeIdempotencyRepository(_Repository):
     async def get(self, ledger_id: str, key: str) -> IdempotencyRecord | None:
@@ -361,6 +378,9 @@ class FakeEventRepository(_Repository):
             and (not types or s.event.type in types)
         ]
         return events[:limit]
+
+    async def tail(self) -> FeedPosition | None:
+        return FeedPosition(0, self._state.events[-1].position) if self._state.events else None
 
     async def get(self, pk: int) -> Event | None:
         return next((self._event(s) for s in self._state.events if s.position == pk), None)
@@ -464,6 +484,15 @@ class FakeDatabase:
 
     def position(self) -> str:
         return str(self.state.events[-1].position if self.state.events else 0)
+
+    def token_key(self, token: str) -> int:
+        return int(token)
+
+    def read_covers(self) -> int | None:
+        return int(self.position())
+
+    def listen_to_commits(self, listener: CommitListener) -> None:
+        raise NotImplementedError("the fakes serve use-case tests, which have no cache")
 
 
 if TYPE_CHECKING:

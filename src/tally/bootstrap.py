@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import sys
+from collections.abc import Callable
 
 from fastapi import FastAPI
 from sqlalchemy.engine import make_url
 
 from tally.api.app import create_app
 from tally.background import build_worker, webhook_parts
+from tally.cache.caches import build_caches
 from tally.cache.rate_limits import DecisionCounter, build_rate_limiter
 from tally.config import Settings
 from tally.observability.context import set_job
@@ -25,7 +28,6 @@ from tally.store.postgres import PostgresDatabase
 from tally.store.sqlite import SqliteDatabase
 
 _log = get_logger("tally")
-KEY_USAGE_FLUSH_SECONDS = 5.0
 QUEUE_SAMPLE_SECONDS = 5.0
 
 
@@ -57,7 +59,15 @@ class Tally:
         self._sweeper: asyncio.Task[None] | None = None
         self._sampler: asyncio.Task[None] | None = None
         self._working = False
-        self.key_usage = KeyUsage()
+        self.key_usage = KeyUsage(max_keys=settings.key_usage_max_keys)
+        cache_metrics = self.telemetry.caches if self.telemetry else None
+        self.caches = build_caches(
+            settings,
+            self.database,
+            observer=cache_metrics,
+            looked_up=cache_metrics.looked_up if cache_metrics else None,
+            invalidated=cache_metrics.invalidated if cache_metrics else None,
+        )
         self.worker = build_worker(
             settings,
             self.database,
@@ -80,6 +90,9 @@ class Tally:
         await self.database.start()
         if api:  # a worker-only process serves no key: it neither needs nor makes the root key
             await self._start_authentication()
+            # It reads no cache either: only the API's caches need invalidating. The listener's
+            # lines name their job, not a request (the task copies this context).
+            contextvars.copy_context().run(_as_job, "cache_invalidation", self.caches.start)
         self._flusher = asyncio.create_task(self._flush_key_usage(), name="tally-key-usage")
         self._sweeper = asyncio.create_task(self._sweep_holds(), name="tally-hold-sweeper")
         if self.telemetry is not None:
@@ -102,16 +115,30 @@ class Tally:
                 file=sys.stdout,
                 flush=True,
             )
-        self._authenticator = Authenticator(self.database, digest, self.key_usage)
+        self._authenticator = Authenticator(self.database, digest, self.key_usage, self.caches.keys.lookup)
 
     async def _flush_key_usage(self) -> None:
         set_job("key_usage_flush")  # this task's lines belong to no request
         while True:
-            await asyncio.sleep(KEY_USAGE_FLUSH_SECONDS)
-            try:
-                await self.key_usage.flush(self.database)
-            except Exception:
-                _log.exception("key usage flush failed", pending=len(self.key_usage))
+            await asyncio.sleep(self.settings.key_usage_flush_ms / 1000)
+            await self._flush_usage()
+
+    async def _flush_usage(self) -> None:
+        metrics = self.telemetry.caches if self.telemetry else None
+        dropped, self.key_usage.dropped = self.key_usage.dropped, 0
+        try:
+            flushed = await self.key_usage.flush(self.database)
+        except Exception:
+            _log.exception("key usage flush failed", pending=len(self.key_usage))
+            if metrics is not None:
+                metrics.flushed("key_usage", "failed")
+        else:
+            if metrics is not None and flushed:
+                metrics.flushed("key_usage", "ok")
+        if metrics is not None:
+            metrics.buffered("key_usage", len(self.key_usage))
+            if dropped:
+                metrics.flushed("key_usage", "dropped", dropped)
 
     async def _sweep_holds(self) -> None:
         # Reads and writes treat a due hold as expired on their own (ADR 0014); the sweeper only
@@ -147,7 +174,8 @@ class Tally:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        await self.key_usage.flush(self.database)
+        await self._flush_usage()
+        await self.caches.stop()
         await self.database.stop()
         if self.rate_limiter is not None:
             await self.rate_limiter.close()
@@ -214,3 +242,8 @@ def build_app(settings: Settings | None = None) -> FastAPI:
 def app_from_environment() -> FastAPI:
     """The app factory of each worker of ``tally serve --workers N``: settings from the environment."""
     return build_app(Settings())
+
+
+def _as_job(name: str, start: Callable[[], None]) -> None:
+    set_job(name)
+    start()

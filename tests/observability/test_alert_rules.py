@@ -5,8 +5,7 @@ Invariants, in plain words:
   (``alerts.test.yml``: cases that fire and cases that stay quiet, on synthetic series) pass
   ``promtool test rules``;
 - every alert has a runbook section in ``docs/operations.md``, and its unit tests exercise it;
-- every metric named in the rules and in ``deploy/grafana/tally.json`` is one Tally exports, or one
-  of the planned queue and cache metrics (``PLANNED_METRICS``);
+- every metric named in the rules and in ``deploy/grafana/tally.json`` is one Tally exports;
 - the Grafana dashboard is valid JSON with a PromQL query in every panel.
 
 promtool comes from Debian's ``prometheus`` package (``scripts/system-packages.sh``). Without it
@@ -24,7 +23,6 @@ from pathlib import Path
 
 import pytest
 
-from tally.observability.metrics import PLANNED_METRICS
 from tests.observability.scrape import exported_names
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,10 +46,7 @@ def promtool() -> str:
 
 
 def known_metrics() -> set[str]:
-    planned = {
-        name + suffix for name in PLANNED_METRICS for suffix in ("", "_total", "_bucket", "_count", "_sum")
-    }
-    return exported_names() | planned
+    return exported_names()
 
 
 def test_the_alert_rules_are_valid() -> None:
@@ -85,12 +80,12 @@ def test_every_alert_has_a_runbook_and_unit_tests_that_fire_it_and_keep_it_quiet
         assert " []" in cases, f"no case where {alert} stays quiet"
 
 
-def test_the_rules_name_only_metrics_tally_exports_or_plans() -> None:
+def test_the_rules_name_only_metrics_tally_exports() -> None:
     names = set(_METRIC.findall(RULES.read_text()))
     assert names - known_metrics() == set()
 
 
-def test_the_grafana_dashboard_is_valid_and_queries_only_metrics_tally_exports_or_plans() -> None:
+def test_the_grafana_dashboard_is_valid_and_queries_only_metrics_tally_exports() -> None:
     dashboard = json.loads(GRAFANA.read_text())
     assert dashboard["title"] == "Tally"
     panels = dashboard["panels"]

@@ -18,9 +18,9 @@ Shape (every ``buckets`` list holds cumulative counts for the finite ``bounds`` 
      "rejections": [{"route", "code", "count"}],
      "replays": 3,
      "queue": null | [{"queue", "ready", "oldest_age_seconds", "dead"}],
-     "cache": null | [{"cache", "hits", "misses"}]}
+     "cache": null | [{"cache", "hits", "misses", "stale"}]}
 
-``queue`` and ``cache`` stay ``null`` until the metrics named in ``metrics.PLANNED_METRICS`` exist.
+``queue`` and ``cache`` are ``null`` until a queue has been sampled or a cache looked up.
 """
 
 from __future__ import annotations
@@ -163,9 +163,15 @@ def _queue(by_name: Mapping[str, Metric]) -> list[dict[str, Any]] | None:
 def _cache(by_name: Mapping[str, Metric]) -> list[dict[str, Any]] | None:
     if "tally_cache_requests" not in by_name:
         return None
-    totals = _totals(by_name["tally_cache_requests"], ("cache", "result"), "_total")
-    caches = sorted({cache for cache, _ in totals})
+    totals = _totals(by_name["tally_cache_requests"], ("cache", "backend", "result"), "_total")
+    caches = sorted({(cache, backend) for cache, backend, _ in totals})
     return [
-        {"cache": cache, "hits": totals.get((cache, "hit"), 0.0), "misses": totals.get((cache, "miss"), 0.0)}
-        for cache in caches
+        {
+            "cache": f"{cache} ({backend})",
+            "hits": totals.get((cache, backend, "hit"), 0.0),
+            # A lookup the backend failed is a miss to the reader: the database answered it.
+            "misses": totals.get((cache, backend, "miss"), 0.0) + totals.get((cache, backend, "error"), 0.0),
+            "stale": totals.get((cache, backend, "stale"), 0.0),
+        }
+        for cache, backend in caches
     ]

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import Connection, Engine
 
+from tally.observability.caching import CacheMetrics
 from tally.observability.dashboard import snapshot
 from tally.observability.jobs import JobMetrics
 from tally.observability.metrics import CONTENT_TYPE, Metrics
@@ -39,6 +40,7 @@ class Telemetry:
         self.requests = RequestMetrics(self.metrics)
         self.pools = PoolMetrics(self.metrics)
         self.jobs = JobMetrics(self.metrics)
+        self.caches = CacheMetrics(self.metrics)
         self.queries = QueryTimer(self.metrics, slow_ms=slow_query_ms)
 
     def instrument(self, database: Instrumentable) -> None:

@@ -119,11 +119,27 @@ async def change_account(
     return changed
 
 
-async def get_account(database: Database, ledger_id: str, account_id: str) -> Account:
+@dataclass(frozen=True, slots=True)
+class AccountSnapshot:
+    """An account as reads show it at ``at``, and until when that stays true without a write."""
+
+    account: Account
+    at: datetime
+    changes_by: datetime | None  # the next expiry of a hold on it; ``None``: only a write changes it
+
+
+async def account_snapshot(database: Database, ledger_id: str, account_id: str) -> AccountSnapshot:
     async with database.read() as tx:
         account = await _existing(tx, ledger_id, account_id)
-        [current] = await seen(tx, [account], await tx.now())
-        return current
+        at = await tx.now()
+        [current] = await seen(tx, [account], at)
+        held = current.balance.pending_debits or current.balance.pending_credits
+        changes_by = await tx.holds.next_expiry(current.pk, at) if held else None
+        return AccountSnapshot(current, at, changes_by)
+
+
+async def get_account(database: Database, ledger_id: str, account_id: str) -> Account:
+    return (await account_snapshot(database, ledger_id, account_id)).account
 
 
 async def _existing(tx: Transaction, ledger_id: str, account_id: str) -> Account:

@@ -84,3 +84,9 @@ def report_lagging(as_of: datetime) -> None:
     origin = _origin.get()
     if origin is not None and (origin.as_of is None or as_of < origin.as_of):
         origin.as_of = as_of  # several reads: the oldest bounds the whole answer
+
+
+def lagging() -> datetime | None:
+    """Whether (from when) an answer of this request so far came from data that may lag."""
+    origin = _origin.get()
+    return None if origin is None else origin.as_of

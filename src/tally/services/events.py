@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tally.domain.errors import ValidationFailed
-from tally.services.ports import Database, Event
+from tally.services.ports import Database, Event, FeedPosition
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,3 +27,17 @@ async def read_feed(
             position = found[1]
         events = await tx.events.feed(ledger_id, position, types, limit)
     return FeedPage(events, events[-1].id if events else after)
+
+
+async def feed_tail(database: Database) -> FeedPosition | None:
+    """Where the feed of every ledger ends now: a consumer starting here sees only later events."""
+    async with database.read() as tx:
+        return await tx.events.tail()
+
+
+async def events_after(
+    database: Database, after: FeedPosition | None, types: Sequence[str], limit: int
+) -> list[Event]:
+    """The next events of every ledger after ``after``, in feed order (internal consumers)."""
+    async with database.read() as tx:
+        return await tx.events.feed(None, after, types, limit)

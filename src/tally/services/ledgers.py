@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 
 from tally.domain.errors import NotFound, Unauthenticated
 from tally.domain.ids import new_id
@@ -84,38 +85,75 @@ async def require_ledger(tx: Transaction, ledger_id: str) -> Ledger:
     return ledger
 
 
-class KeyUsage:
-    """Write-behind of each key's ``last_used_at`` (ADR 0013).
+@dataclass(slots=True)
+class _Use:
+    last: datetime
+    requests: int
 
-    Authentication only records the time in memory; ``flush`` writes what was recorded in one
-    transaction. The composition root flushes on an interval and at shutdown, so a crash loses at
-    most one interval of ``last_used_at`` updates and nothing else. The buffer holds one entry per
-    key used since the last flush, so its size is bounded by the number of keys.
+
+class KeyUsage:
+    """Write-behind of each key's ``last_used_at`` and daily request count (ADR 0028).
+
+    Authentication only records the use in memory; ``flush`` writes what was recorded in one
+    transaction. The composition root flushes every ``TALLY_KEY_USAGE_FLUSH_MS`` and at shutdown,
+    so a crash loses at most one interval of usage and nothing else. The buffer holds one entry per
+    key used since the last flush, at most ``max_keys``: uses of further keys are dropped (and
+    counted) rather than let memory grow. Postings and balances are never written behind.
     """
 
-    def __init__(self, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+    def __init__(
+        self, clock: Callable[[], datetime] = lambda: datetime.now(UTC), *, max_keys: int = 10_000
+    ) -> None:
         self._clock = clock
-        self._pending: dict[str, datetime] = {}
+        self._max_keys = max_keys
+        self._pending: dict[str, _Use] = {}
+        self.dropped = 0  # uses not recorded because the buffer was full
 
     def record(self, key_id: str) -> None:
-        self._pending[key_id] = self._clock()
+        now = self._clock()
+        use = self._pending.get(key_id)
+        if use is not None:
+            use.last, use.requests = max(use.last, now), use.requests + 1
+        elif len(self._pending) < self._max_keys:
+            self._pending[key_id] = _Use(now, 1)
+        else:
+            self.dropped += 1
 
     def __len__(self) -> int:
         return len(self._pending)
 
     async def flush(self, database: Database) -> int:
-        """Write the recorded times; return how many keys were touched."""
+        """Write the recorded uses; return how many keys were written.
+
+        A flush that fails keeps its uses for the next one. Should the failure hide a commit (the
+        connection lost while committing), those requests are counted twice: counts are usage
+        statistics, not money, and the bounded over-count is stated in ADR 0028.
+        """
         pending, self._pending = self._pending, {}
         if pending:
             try:
                 async with database.write() as tx:
-                    for key_id, at in pending.items():
-                        await tx.keys.touch(key_id, at)
+                    for key_id, use in sorted(pending.items()):
+                        await tx.keys.touch(key_id, use.last)
+                        await tx.keys.count_usage(key_id, use.last.strftime("%Y-%m-%d"), use.requests)
             except BaseException:
-                # Keep what could not be written for the next flush (newer times win).
-                self._pending = {**pending, **self._pending}
+                for key_id, use in pending.items():  # keep them for the next flush
+                    newer = self._pending.get(key_id)
+                    if newer is not None:
+                        use.last, use.requests = max(use.last, newer.last), use.requests + newer.requests
+                    self._pending[key_id] = use
                 raise
         return len(pending)
+
+
+KeyLookup = Callable[[bytes], Awaitable[ApiKey | None]]
+
+
+async def find_key(database: Database, secret_hash: bytes) -> ApiKey | None:
+    """The key with this secret hash, read on the primary while it answers."""
+    with preferring_primary():  # a revoked key is refused at once while the primary answers
+        async with database.read() as tx:
+            return await tx.keys.by_hash(secret_hash)
 
 
 class Authenticator:
@@ -125,10 +163,12 @@ class Authenticator:
     compared by hash in constant time; a ledger key is found by the hash of its secret.
     """
 
-    def __init__(self, database: Database, root_key_hash: bytes, usage: KeyUsage) -> None:
-        self._database = database
+    def __init__(
+        self, database: Database, root_key_hash: bytes, usage: KeyUsage, lookup: KeyLookup | None = None
+    ) -> None:
         self._root_key_hash = root_key_hash
         self._usage = usage
+        self._lookup = lookup or partial(find_key, database)  # the key cache, when there is one
 
     async def authenticate(self, secret: str) -> Principal:
         kind = secret_kind(secret)
@@ -139,9 +179,7 @@ class Authenticator:
             if hmac.compare_digest(digest, self._root_key_hash):
                 return ROOT
             raise Unauthenticated("The API key is not valid.")
-        with preferring_primary():  # a revoked key is refused at once while the primary answers
-            async with self._database.read() as tx:
-                key = await tx.keys.by_hash(digest)
+        key = await self._lookup(digest)
         if key is None or not hmac.compare_digest(key.secret_hash, digest):
             raise Unauthenticated("The API key is not valid.")
         if key.revoked_at is not None:

@@ -11,7 +11,7 @@ one stays true until commit.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -123,6 +123,13 @@ class ApiKeyRepository(Protocol):
     async def list(self, ledger_id: str, *, after: int | None, limit: int) -> Page[ApiKey]: ...
     async def revoke(self, ledger_id: str, key_id: str, at: datetime) -> None: ...
     async def touch(self, key_id: str, at: datetime) -> None: ...
+    async def count_usage(self, key_id: str, day: str, requests: int) -> None:
+        """Add ``requests`` to the key's count for ``day`` (YYYY-MM-DD, UTC)."""
+        ...
+
+    async def usage(self, key_id: str) -> Sequence[tuple[str, int]]:
+        """The key's ``(day, requests)``, oldest day first."""
+        ...
 
 
 class AccountRepository(Protocol):
@@ -211,6 +218,11 @@ class HoldRepository(Protocol):
         """Transfer pks of holds due at ``at``, oldest expiry first, at most ``limit``."""
         ...
 
+    async def next_expiry(self, account_pk: int, after: datetime) -> datetime | None:
+        """The earliest expiry after ``after`` of an open hold on the account (until then, reads of
+        it change only by a write)."""
+        ...
+
 
 class EntryRepository(Protocol):
     async def add(self, transfer_pk: int, entries: Sequence[NewEntry], at: datetime) -> None: ...
@@ -270,6 +282,10 @@ class EventRepository(Protocol):
 
     async def get(self, pk: int) -> Event | None: ...
 
+    async def tail(self) -> FeedPosition | None:
+        """The position of the newest event the feed serves now (``None``: it serves none)."""
+        ...
+
     async def consumer_position(self, consumer: str) -> FeedPosition | None:
         """How far an internal feed consumer (the webhook dispatcher) has read."""
         ...
@@ -286,6 +302,23 @@ class InstanceRepository(Protocol):
     async def put_if_absent(self, name: str, value: bytes) -> bytes:
         """Store ``value`` unless a value exists; return the value that is stored."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """What a committed write changed that a cache may hold (ADR 0027).
+
+    ``accounts`` as written (each with the ``updated_at`` of the write); ``revoked_keys`` the secret
+    hashes of keys revoked. ``covers`` orders against ``Database.token_key``: these states include
+    every write whose consistency token is at or below it, and no later write to the same rows.
+    """
+
+    accounts: tuple[Account, ...]
+    revoked_keys: tuple[bytes, ...]
+    covers: int
+
+
+CommitListener = Callable[[Committed], Awaitable[None]]
 
 
 class Transaction(Protocol):
@@ -325,4 +358,18 @@ class Database(Protocol):
 
     def position(self) -> str:
         """A consistency token covering every write this process has committed."""
+        ...
+
+    def token_key(self, token: str) -> int:
+        """A consistency token as a number that orders tokens; ``ValidationFailed`` when malformed."""
+        ...
+
+    def read_covers(self) -> int | None:
+        """A ``token_key`` that the next ``read()`` is sure to include, or ``None`` when it may not
+        (a read that may run on a replica)."""
+        ...
+
+    def listen_to_commits(self, listener: CommitListener) -> None:
+        """Call ``listener`` after each write that changed accounts or revoked keys commits, before
+        the write's block returns to its caller (so a response follows the listener's work)."""
         ...

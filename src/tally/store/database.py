@@ -10,11 +10,13 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
 
+from tally.domain.accounts import Account
 from tally.domain.errors import TransientConflict
 from tally.services.batch_ports import TransferBatchRepository
 from tally.services.ports import (
     AccountRepository,
     ApiKeyRepository,
+    Committed,
     EntryRepository,
     EventRepository,
     HoldRepository,
@@ -52,6 +54,9 @@ class SqlTransaction:
         self._wrote = False
         self.last_event = 0
         self.queues: set[str] = set()  # queues this transaction added jobs to (wake-ups after commit)
+        # What a cache may hold that this transaction changed: told to the commit listener (ADR 0027).
+        self.changed_accounts: dict[int, Account] = {}
+        self.revoked_keys: list[bytes] = []
         self.ledgers: LedgerRepository = SqlLedgerRepository(conn, self)
         self.keys: ApiKeyRepository = SqlApiKeyRepository(conn, self)
         self.accounts: AccountRepository = SqlAccountRepository(conn, self)
@@ -76,6 +81,16 @@ class SqlTransaction:
 
     def queued(self, queue: str) -> None:
         self.queues.add(queue)
+
+    def changed(self, accounts: Iterable[Account]) -> None:
+        for account in accounts:
+            self.changed_accounts[account.pk] = account
+
+    def committed(self, covers: int) -> Committed | None:
+        """What the commit listener hears of this transaction, ``None`` when nothing cached changed."""
+        if not (self.changed_accounts or self.revoked_keys):
+            return None
+        return Committed(tuple(self.changed_accounts.values()), tuple(self.revoked_keys), covers)
 
     def saw_event(self, position: int) -> None:
         self.last_event = max(self.last_event, position)

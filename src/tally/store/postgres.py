@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from tally.domain.errors import DeadlineExceeded, Unavailable, ValidationFailed
 from tally.services.consistency import Consistency, read_intent, report_lagging
 from tally.services.deadline import current_deadline, remaining
+from tally.services.ports import CommitListener
 from tally.store import tables
 from tally.store.breaker import Breaker
 from tally.store.database import SqlTransaction
@@ -142,6 +143,7 @@ class PostgresDatabase:
             observer=self._observer,
         )
         self._position = 0
+        self._commit_listener: CommitListener | None = None
         self.wakeups = Wakeups()
 
     @property
@@ -186,6 +188,13 @@ class PostgresDatabase:
     def position(self) -> str:
         return format_lsn(self._position)
 
+    def read_covers(self) -> int | None:
+        # A read may run on a replica behind anything this process knows of: no promise then.
+        return None if self._replicas else self._position
+
+    def listen_to_commits(self, listener: CommitListener) -> None:
+        self._commit_listener = listener
+
     async def health(self) -> dict[str, str]:
         """``database``: ``ok``; ``degraded`` when only replicas answer (reads, no writes); ``down``.
 
@@ -224,6 +233,10 @@ class PostgresDatabase:
     async def write(self) -> AsyncIterator[SqlTransaction]:
         if not self._breaker.allows():
             raise self._unreachable()
+        # Everything this process knew committed before this write began: a commit after it that
+        # changed the same rows carries a later LSN, so the cache may promise no more (ADR 0027).
+        covers = self._position
+        committed = None
         try:
             async with self._primary.connection(self._lock_wait) as conn, self._transaction(conn, "primary"):
                 await conn.execute(_TIMEOUT, {"ms": self._statement_timeout()})
@@ -234,6 +247,7 @@ class PostgresDatabase:
                     raise DeadlineExceeded("The time budget ran out before commit; nothing was applied.")
                 with translated("primary"):
                     await conn.commit()
+                committed = tx.committed(covers)
                 if tx.queues:
                     self.wakeups.signal()
                 if tx.wrote:
@@ -245,6 +259,8 @@ class PostgresDatabase:
                 self._breaker.failed()
             raise
         self._breaker.succeeded()
+        if committed is not None and self._commit_listener is not None:
+            await self._commit_listener(committed)  # the connection is back in its pool by now
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[SqlTransaction]:
@@ -330,10 +346,10 @@ class PostgresDatabase:
     def _statement_timeout(self) -> str:
         return str(max(1, int(remaining(self._lock_wait) * 1000)))
 
-    @staticmethod
-    def _parse_token(token: str | None) -> int | None:
-        if token is None:
-            return None
+    def _parse_token(self, token: str | None) -> int | None:
+        return None if token is None else self.token_key(token)
+
+    def token_key(self, token: str) -> int:
         try:
             return parse_lsn(token)
         except ValueError:

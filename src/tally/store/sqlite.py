@@ -34,6 +34,7 @@ from sqlalchemy.pool import NullPool
 from tally.domain.errors import DeadlineExceeded, Unavailable, ValidationFailed
 from tally.services.consistency import read_intent
 from tally.services.deadline import current_deadline, remaining
+from tally.services.ports import CommitListener
 from tally.store import tables
 from tally.store.database import SqlTransaction
 from tally.store.instrumentation import ConnectionObserver, Unobserved
@@ -99,6 +100,7 @@ class SqliteDatabase:
         self._write_lock = asyncio.Lock()
         self._last_write_micros = 0
         self._position = 0
+        self._commit_listener: CommitListener | None = None
         self.wakeups = Wakeups()  # other processes on the file are found by polling
 
     @property
@@ -166,6 +168,20 @@ class SqliteDatabase:
     def position(self) -> str:
         return str(self._position)
 
+    def token_key(self, token: str) -> int:
+        if not (token.isascii() and token.isdigit()):
+            raise ValidationFailed.at(
+                ("header", "Tally-Consistency-Token"), "Not a consistency token returned by this Tally."
+            )
+        return int(token)
+
+    def read_covers(self) -> int | None:
+        # Every position this process knows of is committed in the file, so in any later snapshot.
+        return self._position
+
+    def listen_to_commits(self, listener: CommitListener) -> None:
+        self._commit_listener = listener
+
     def _catch_up(self, conn: Connection) -> None:
         """Learn the newest commit of any process sharing the file (workers do), under the lock."""
         last = conn.exec_driver_sql(_LAST_EVENT).first()
@@ -219,9 +235,13 @@ class SqliteDatabase:
             self._position = max(self._position, tx.last_event)
             if tx.queues:
                 self.wakeups.signal()
+            # Under the file's write lock nothing committed after this write: the position is exact.
+            committed = tx.committed(self._position)
         finally:
             self._observer.holding("writer", -1)
             self._write_lock.release()
+        if committed is not None and self._commit_listener is not None:
+            await self._commit_listener(committed)  # after the lock: cache calls never hold writers
 
     async def health(self) -> dict[str, str]:
         """``database``: ``ok`` when a read transaction can run, else ``down``."""
@@ -265,13 +285,10 @@ class SqliteDatabase:
         """
         if token is None:
             return
-        if not token.isdigit():
-            raise ValidationFailed.at(
-                ("header", "Tally-Consistency-Token"), "Not a consistency token returned by this Tally."
-            )
-        if int(token) > self._position:
+        wanted = self.token_key(token)
+        if wanted > self._position:
             self._position = max(self._position, conn.exec_driver_sql(_LAST_EVENT_PK).scalar() or 0)
-        if int(token) > self._position:
+        if wanted > self._position:
             raise Unavailable("This database has not seen the write of this Tally-Consistency-Token.")
 
     async def _begin(self, conn: Connection, give_up_at: float) -> None:

@@ -74,6 +74,16 @@ api_keys = Table(
     sqlite_strict=True,
 )
 
+# Requests per key and UTC day, added to by the write-behind flush of key usage (ADR 0028).
+key_usage = Table(
+    "key_usage",
+    metadata,
+    Column("key_id", Text, ForeignKey("api_keys.id"), primary_key=True),
+    Column("day", Text, primary_key=True),  # YYYY-MM-DD
+    Column("requests", Int64, nullable=False),
+    sqlite_strict=True,
+)
+
 accounts = Table(
     "accounts",
     metadata,

@@ -62,7 +62,7 @@ async def open_account(body: AccountCreate, request: Request) -> Response:
 
 @router.get("/v1/accounts/{account_id}", response_model=AccountOut, openapi_extra=access(Access.READ))
 async def get_account(account_id: str, request: Request) -> Response:
-    account = await accounts.get_account(request.app.state.tally.database, ledger_of(request), account_id)
+    account, _ = await request.app.state.tally.caches.accounts.read(ledger_of(request), account_id)
     return respond_json(200, account_view(account))
 
 
@@ -120,9 +120,12 @@ async def change_account(account_id: str, body: AccountPatch, request: Request) 
 async def get_balance(account_id: str, request: Request, as_of: datetime | None = None) -> Response:
     if as_of is not None and as_of.tzinfo is None:
         raise ValidationFailed.at(("query", "as_of"), "as_of needs a time zone (RFC 3339).")
-    found = await accounts.balance_as_of(
-        request.app.state.tally.database, ledger_of(request), account_id, as_of
-    )
+    tally = request.app.state.tally
+    if as_of is None:  # now: the cached account answers (cache-aside, written through on commit)
+        account, at = await tally.caches.accounts.read(ledger_of(request), account_id)
+        found = accounts.BalanceAsOf(account, account.balance, account.version, at)
+    else:
+        found = await accounts.balance_as_of(tally.database, ledger_of(request), account_id, as_of)
     side = found.account.normal_balance
     return respond_json(
         200,

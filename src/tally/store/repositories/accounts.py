@@ -84,7 +84,9 @@ class SqlAccountRepository(SqlRepository):
                 "updated_at": to_micros(account.updated_at),
             },
         )
-        return replace(account, pk=result.scalar_one())
+        added = replace(account, pk=result.scalar_one())
+        self._tx.changed([added])
+        return added
 
     async def get(self, ledger_id: str, account_id: str) -> Account | None:
         row = (await self._conn.execute(_by_id, {"ledger_id": ledger_id, "id": account_id})).first()
@@ -104,6 +106,7 @@ class SqlAccountRepository(SqlRepository):
 
     async def save_balances(self, accounts: Sequence[Account], at: datetime) -> None:
         self._tx.mark_written()
+        self._tx.changed(replace(a, updated_at=at) for a in accounts)
         micros = to_micros(at)
         await self._conn.execute(
             _save_balance,
@@ -122,6 +125,7 @@ class SqlAccountRepository(SqlRepository):
 
     async def save(self, account: Account) -> None:
         self._tx.mark_written()
+        self._tx.changed([account])
         await self._conn.execute(
             update(_a)
             .where(_a.c.pk == account.pk)

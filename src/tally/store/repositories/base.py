@@ -9,6 +9,7 @@ from sqlalchemy import Dialect, Executable, Result, Table, func
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from tally.domain.accounts import Account
 from tally.services.ports import Page
 
 R = TypeVar("R")
@@ -29,7 +30,10 @@ class SqlConnection(Protocol):
 
 
 class WriteTracker(Protocol):
+    revoked_keys: list[bytes]  # secret hashes of keys this transaction revoked
+
     def mark_written(self) -> None: ...
+    def changed(self, accounts: Iterable[Account]) -> None: ...
     def saw_event(self, position: int) -> None: ...
     def locked(self, changed_at: Iterable[int]) -> None: ...
     def queued(self, queue: str) -> None: ...

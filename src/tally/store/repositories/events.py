@@ -85,6 +85,14 @@ class SqlEventRepository(SqlRepository):
         row = (await self._conn.execute(select(_ev).where(_ev.c.pk == pk))).first()
         return None if row is None else _event(row)
 
+    async def tail(self) -> FeedPosition | None:
+        # Served by ix_events_xid_pk, read backwards from its end.
+        query = select(_ev.c.xid, _ev.c.pk).order_by(_ev.c.xid.desc(), _ev.c.pk.desc()).limit(1)
+        if self._postgres:
+            query = query.where(_ev.c.xid < _HORIZON)
+        row = (await self._conn.execute(query)).first()
+        return None if row is None else FeedPosition(row.xid, row.pk)
+
     async def consumer_position(self, consumer: str) -> FeedPosition | None:
         row = (await self._conn.execute(select(_fp).where(_fp.c.consumer == consumer))).first()
         return None if row is None else FeedPosition(row.xid, row.pk)

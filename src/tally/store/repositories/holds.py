@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import bindparam, delete, insert, select
+from sqlalchemy import bindparam, delete, func, insert, select
 
 from tally.domain.accounts import Direction
 from tally.services.ports import HeldLeg
@@ -28,6 +28,11 @@ _expiring = (
     .where(_h.c.expires_at <= bindparam("at"))
     .order_by(_h.c.expires_at, _h.c.transfer_pk)
     .limit(bindparam("rows"))
+)
+
+# Served by ix_holds_account_pk_expires_at: the first expiry in one account's range.
+_next_expiry = select(func.min(_h.c.expires_at)).where(
+    _h.c.account_pk == bindparam("account_pk"), _h.c.expires_at > bindparam("after")
 )
 
 
@@ -71,3 +76,7 @@ class SqlHoldRepository(SqlRepository):
         # A hold has a row per leg: ask for enough rows to find ``limit`` holds, then keep each once.
         rows = await self._conn.execute(_expiring, {"at": to_micros(at), "rows": limit * 4})
         return list(dict.fromkeys(row.transfer_pk for row in rows))[:limit]
+
+    async def next_expiry(self, account_pk: int, after: datetime) -> datetime | None:
+        found = await self._conn.execute(_next_expiry, {"account_pk": account_pk, "after": to_micros(after)})
+        return maybe_from_micros(found.scalar())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -78,17 +79,36 @@ class SqlApiKeyRepository(SqlRepository):
 
     async def revoke(self, ledger_id: str, key_id: str, at: datetime) -> None:
         self._tx.mark_written()
-        await self._conn.execute(
+        revoked = await self._conn.execute(
             update(t.api_keys)
             .where(t.api_keys.c.id == key_id, t.api_keys.c.ledger_id == ledger_id)
             .values(revoked_at=to_micros(at))
+            .returning(t.api_keys.c.secret_hash)
         )
+        self._tx.revoked_keys.extend(bytes(row.secret_hash) for row in revoked)
 
     async def touch(self, key_id: str, at: datetime) -> None:
         self._tx.mark_written()
         await self._conn.execute(
             update(t.api_keys).where(t.api_keys.c.id == key_id).values(last_used_at=to_micros(at))
         )
+
+    async def count_usage(self, key_id: str, day: str, requests: int) -> None:
+        self._tx.mark_written()
+        usage = t.key_usage
+        upsert = self._upsert(usage).values(key_id=key_id, day=day, requests=requests)
+        await self._conn.execute(
+            upsert.on_conflict_do_update(
+                index_elements=[usage.c.key_id, usage.c.day],
+                set_={"requests": usage.c.requests + upsert.excluded.requests},
+            )
+        )
+
+    async def usage(self, key_id: str) -> Sequence[tuple[str, int]]:
+        # Served by the primary key (key_id, day).
+        usage = t.key_usage
+        query = select(usage.c.day, usage.c.requests).where(usage.c.key_id == key_id).order_by(usage.c.day)
+        return [(row.day, row.requests) for row in await self._conn.execute(query)]
 
 
 class SqlInstanceRepository(SqlRepository):

@@ -1,0 +1,151 @@
+"""Accounts and their balances in the cache: cache-aside on reads, written through on commit,
+served stale only when no database can answer (ADR 0027).
+
+- **Cache-aside.** A read of ``available`` consistency looks in the cache first; a miss loads the
+  account (one loader per key, ``loading``) and stores it with its version.
+- **Write-through.** Every commit that changed an account stores the new state, carrying its
+  version (``entries.account_order``), so a reader that loaded the older state before the commit
+  can never put it back. An account with pending holds is stored as a tombstone instead: when it
+  reads next depends on when its holds expire, which the next load works out.
+- **Freshness.** An entry is fresh for ``TALLY_CACHE_TTL_MS``, and never past the next expiry of
+  a hold on the account. A request carrying a consistency token is answered from an entry only when
+  the entry covers the token; otherwise the database answers (and enforces the token).
+- **Stale-if-error.** When the database answers ``Unavailable`` (primary down and no replica), an
+  entry up to ``TALLY_CACHE_STALE_MS`` past its freshness is served, labelled ``Tally-Stale`` with
+  ``Tally-As-Of``. ``strong`` reads never touch the cache, and writes never read from it: the cache
+  never authorises a debit (DESIGN.md invariant 6).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from tally.cache.entries import Entry, account_order, decode_account, encode_account
+from tally.cache.guarded import FAILED, GuardedCache
+from tally.cache.loading import WAIT_STEP, LoadLock, SingleFlight, waits
+from tally.domain.accounts import Account
+from tally.domain.errors import Unavailable
+from tally.services.accounts import account_snapshot
+from tally.services.consistency import Consistency, lagging, read_intent, report_lagging
+from tally.services.ports import Committed, Database
+
+ResultCounter = Callable[[str, str], None]  # (cache name, result)
+_WRITES_IN_FLIGHT = 16  # concurrent cache writes of one commit (a batch changes many accounts)
+
+
+class AccountCache:
+    name = "accounts"
+
+    def __init__(
+        self,
+        cache: GuardedCache,
+        database: Database,
+        *,
+        ttl: float,
+        stale: float,
+        count: ResultCounter,
+        shared: bool,
+        clock: Callable[[], float],
+    ) -> None:
+        self._cache = cache
+        self._database = database
+        self._ttl = ttl
+        self._keep = ttl + stale  # how long the backend keeps an entry
+        self._count = count
+        self._clock = clock
+        self._flight: SingleFlight[tuple[Account, datetime]] = SingleFlight()
+        self._lock = LoadLock(cache) if shared else None
+
+    @staticmethod
+    def key(ledger_id: str, account_id: str) -> str:
+        return f"acct:{ledger_id}:{account_id}"
+
+    @property
+    def enabled(self) -> bool:
+        return self._ttl > 0
+
+    async def read(self, ledger_id: str, account_id: str) -> tuple[Account, datetime]:
+        """The account as an ``available`` read shows it, and the moment it is current as of."""
+        intent = read_intent()
+        if not self.enabled or intent.level is Consistency.STRONG:
+            snapshot = await account_snapshot(self._database, ledger_id, account_id)
+            return snapshot.account, snapshot.at
+        key = self.key(ledger_id, account_id)
+        raw = await self._cache.get(key)
+        entry = decode_account(raw) if isinstance(raw, bytes) and raw else None
+        usable = entry is not None and self._covers(entry, intent.token)
+        now = self._clock()
+        if entry is not None and usable and now < entry.fresh_until:
+            self._count(self.name, "hit")
+            return entry.item, _time(now)
+        self._count(self.name, "error" if raw is FAILED else "miss")
+        try:
+            if intent.token is not None:  # loads honouring different tokens are not shared
+                return await self._load(key, ledger_id, account_id)
+            return await self._flight.run(key, lambda: self._load(key, ledger_id, account_id))
+        except Unavailable:
+            if entry is None or not usable:
+                raise
+            self._count(self.name, "stale")
+            report_lagging(_time(entry.as_of))
+            return entry.item, _time(entry.as_of)
+
+    async def written(self, committed: Committed) -> list[tuple[str, int | None]]:
+        """Write the committed states through; return the ``(key, version)`` others must drop."""
+        if not self.enabled or not committed.accounts:
+            return []
+        now = self._clock()
+        gate = asyncio.Semaphore(_WRITES_IN_FLIGHT)
+        drops: list[tuple[str, int | None]] = []
+
+        async def write(account: Account) -> None:
+            key, version = self.key(account.ledger_id, account.id), account_order(account)
+            held = account.balance.pending_debits or account.balance.pending_credits
+            value = b"" if held else encode_account(Entry(account, now, now + self._ttl, committed.covers))
+            async with gate:
+                await self._cache.set(key, value, ttl=self._keep, version=version)
+            drops.append((key, version))
+
+        await asyncio.gather(*(write(account) for account in committed.accounts))
+        return drops
+
+    async def _load(self, key: str, ledger_id: str, account_id: str) -> tuple[Account, datetime]:
+        if self._lock is None or read_intent().token is not None:
+            return await self._load_now(key, ledger_id, account_id)
+        if await self._lock.acquire(key):
+            try:
+                return await self._load_now(key, ledger_id, account_id)
+            finally:
+                await self._lock.release(key)
+        for _ in range(waits()):  # another process is loading it: its entry is due any moment
+            await asyncio.sleep(WAIT_STEP)
+            raw = await self._cache.get(key)
+            if isinstance(raw, bytes) and raw:
+                entry = decode_account(raw)
+                if self._clock() < entry.fresh_until:
+                    return entry.item, _time(entry.as_of)
+        return await self._load_now(key, ledger_id, account_id)
+
+    async def _load_now(self, key: str, ledger_id: str, account_id: str) -> tuple[Account, datetime]:
+        covers = self._database.read_covers()  # taken before the read: the read includes it
+        snapshot = await account_snapshot(self._database, ledger_id, account_id)
+        if lagging() is None:  # never spread what a lagging replica said
+            now = self._clock()
+            fresh = now + self._ttl
+            if snapshot.changes_by is not None:
+                fresh = min(fresh, snapshot.changes_by.timestamp())
+            entry = Entry(snapshot.account, now, fresh, covers)
+            version = account_order(snapshot.account)
+            await self._cache.set(key, encode_account(entry), ttl=self._keep, version=version)
+        return snapshot.account, snapshot.at
+
+    def _covers(self, entry: Entry[Account], token: str | None) -> bool:
+        if token is None:
+            return True
+        return entry.covers is not None and self._database.token_key(token) <= entry.covers
+
+
+def _time(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, UTC)

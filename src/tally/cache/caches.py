@@ -1,0 +1,102 @@
+"""The caches of one process, assembled from settings: which strategy serves which kind of data.
+
+| data | strategy | invalidation |
+|---|---|---|
+| accounts and balances | cache-aside + write-through with version | version, events, TTL |
+| API key lookups | cache-aside; revocation written through | version, events, TTL |
+| key ``last_used_at`` and usage counts | write-behind (``services.ledgers.KeyUsage``) | — |
+| postings, transfers, entries | never cached: money is read from the database | — |
+
+The invalidation channel is ``TALLY_CACHE_INVALIDATION``: ``redis://…`` (pub/sub), ``outbox``
+(the event feed) or ``off``. By default: ``outbox`` for an in-process cache when other processes
+may write the same database (``--workers`` above 1, or PostgreSQL); ``off`` for one process on
+SQLite, and for Redis or Memcached, which every process shares.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tally.cache.accounts import AccountCache
+from tally.cache.factory import open_cache, open_channel
+from tally.cache.guarded import CacheObserver, GuardedCache
+from tally.cache.invalidation import OutboxInvalidation, RedisInvalidation
+from tally.cache.keys import KeyCache
+from tally.cache.write_through import WriteThrough
+from tally.config import Settings
+from tally.services.ports import Database
+
+LookupCounter = Callable[[str, str, str], None]  # (cache, backend, result)
+
+
+@dataclass
+class Caches:
+    backend: GuardedCache
+    accounts: AccountCache
+    keys: KeyCache
+    invalidation: RedisInvalidation | OutboxInvalidation | None
+
+    def start(self) -> None:
+        if self.invalidation is not None:
+            self.invalidation.start()
+
+    async def stop(self) -> None:
+        if self.invalidation is not None:
+            await self.invalidation.stop()
+        await self.backend.cache.close()
+
+
+def build_caches(
+    settings: Settings,
+    database: Database,
+    *,
+    observer: CacheObserver | None = None,
+    looked_up: LookupCounter | None = None,
+    invalidated: Callable[[str], None] | None = None,
+    clock: Callable[[], float] = time.time,
+) -> Caches:
+    """Build the caches and hook their write-through to ``database``'s commits."""
+    cache = open_cache(
+        settings.cache_url, max_entries=settings.cache_max_entries, timeout=settings.cache_timeout_ms / 1000
+    )
+    guarded = GuardedCache(cache, timeout=settings.cache_timeout_ms / 1000, observer=observer)
+    backend = cache.backend
+
+    def count(name: str, result: str) -> None:
+        if looked_up is not None:
+            looked_up(name, backend, result)
+
+    ttl, stale = settings.cache_ttl_ms / 1000, settings.cache_stale_ms / 1000
+    key_ttl = settings.key_cache_ttl_ms / 1000
+    channel = _channel(settings, backend)
+    note = invalidated or (lambda _channel: None)
+    invalidation: RedisInvalidation | OutboxInvalidation | None = None
+    if channel == "outbox":
+        poll = settings.cache_invalidation_poll_ms / 1000
+        invalidation = OutboxInvalidation(database, guarded, poll=poll, keep=ttl + stale, count=note)
+        key_ttl = min(key_ttl, poll)  # no event tells of a revocation: the poll interval bounds it
+    elif channel is not None:
+        invalidation = RedisInvalidation(open_channel(channel), guarded, keep=ttl + stale, count=note)
+    accounts = AccountCache(
+        guarded, database, ttl=ttl, stale=stale, count=count, shared=backend != "memory", clock=clock
+    )
+    keys = KeyCache(guarded, database, ttl=key_ttl, stale=stale, count=count, clock=clock)
+    database.listen_to_commits(WriteThrough(accounts, keys, invalidation))
+    return Caches(guarded, accounts, keys, invalidation)
+
+
+def _channel(settings: Settings, backend: str) -> str | None:
+    """``outbox``, a Redis URL, or ``None`` (no channel)."""
+    chosen = settings.cache_invalidation
+    if chosen is None:
+        # In-process caches of several processes: `serve --workers N`, or any PostgreSQL
+        # deployment (where more processes are the point). One process on SQLite needs none.
+        several = settings.workers > 1 or not settings.database_url.startswith("sqlite")
+        return "outbox" if backend == "memory" and several else None
+    if chosen.lower() == "off":
+        return None
+    if chosen.lower() == "outbox":
+        return "outbox"
+    return chosen  # open_channel refuses anything but redis:// and rediss://
