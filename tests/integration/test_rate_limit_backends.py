@@ -37,12 +37,6 @@ from tally.config import Settings
 from tally.services.deadline import Deadline, set_deadline
 from tests.cache_servers import BACKENDS, CacheServer, cache_server, cache_url
 
-# tests/cache_servers.py leaves each server's log file open in start() (an unclosed-file ResourceWarning,
-# which pytest turns into an error): ignore exactly that until the helper closes it.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:Exception ignored in.*tally-cache-:pytest.PytestUnraisableExceptionWarning"
-)
-
 QUOTA = 5
 DAILY = f"{QUOTA}/day"
 TIMEOUT_MS = 200  # generous for a loaded test machine; the hang test waits this long once
