@@ -16,6 +16,7 @@ from tally.background import build_worker, webhook_parts
 from tally.cache.caches import build_caches
 from tally.cache.rate_limits import DecisionCounter, build_rate_limiter
 from tally.config import Settings
+from tally.domain.errors import Unavailable
 from tally.observability.context import set_job
 from tally.observability.logging import configure_logging, get_logger
 from tally.observability.telemetry import Telemetry
@@ -128,6 +129,10 @@ class Tally:
         dropped, self.key_usage.dropped = self.key_usage.dropped, 0
         try:
             flushed = await self.key_usage.flush(self.database)
+        except Unavailable as error:  # kept for the next flush; the outage is reported elsewhere
+            _log.warning("key usage flush postponed", pending=len(self.key_usage), error=str(error))
+            if metrics is not None:
+                metrics.flushed("key_usage", "failed")
         except Exception:
             _log.exception("key usage flush failed", pending=len(self.key_usage))
             if metrics is not None:
