@@ -24,7 +24,7 @@ from tally.api.app import create_app
 from tally.bootstrap import Tally
 from tally.services.holds import expire_due_holds
 from tests.pg_cluster import require_postgres
-from tests.support import BACKENDS, ROOT, idem, new_ledger, open_account, settings_for, transfer
+from tests.support import BACKENDS, ROOT, LedgerKeys, idem, new_ledger, open_account, settings_for, transfer
 
 # The access patterns of docs/data-model.md whose index is not the only one that could answer:
 # the statement (matched by a fragment of its SQL) must search through the named index columns.
@@ -37,6 +37,9 @@ EXPECTED = [
     ("holds due for the sweeper", "ORDER BY holds.expires_at", "ix_holds_expires_at"),
     ("transfers of an account", "transfer_legs.account_pk = ?", "ix_transfer_legs_account_pk"),
     ("idempotency record", "FROM idempotency_keys", "(ledger_id=? AND key=?)"),
+    ("next hold expiry of an account", "min(holds.expires_at)", "ix_holds_account_pk_expires_at"),
+    ("the feed's tail", "ORDER BY events.xid DESC", "ix_events_xid_pk"),
+    ("usage of a key", "FROM key_usage", "(key_id=?)"),
 ]
 
 
@@ -45,7 +48,7 @@ def _full_scans(plan: list[tuple[Any, ...]]) -> list[str]:
     return [d for d in details if d.startswith("SCAN ") and "USING" not in d]
 
 
-async def _workload(client: httpx.AsyncClient) -> None:
+async def _workload(client: httpx.AsyncClient) -> LedgerKeys:
     ledger = await new_ledger(client)
     other = await new_ledger(client, "other")
     world = await open_account(client, ledger.write, normal_balance="debit", min_balance=None)
@@ -98,6 +101,13 @@ async def _workload(client: httpx.AsyncClient) -> None:
     assert (
         await client.delete(f"/v1/ledgers/{ledger.ledger_id}/keys/{key_id}", headers=ROOT)
     ).status_code == 204
+    return ledger
+
+
+async def _key_usage(client: httpx.AsyncClient, ledger_id: str) -> None:
+    keys = (await client.get(f"/v1/ledgers/{ledger_id}/keys", headers=ROOT)).json()["data"]
+    usage = await client.get(f"/v1/ledgers/{ledger_id}/keys/{keys[0]['id']}/usage", headers=ROOT)
+    assert usage.status_code == 200, usage.text
 
 
 async def _holds_and_reversals(client: httpx.AsyncClient, write: dict[str, str], names: list[str]) -> None:
@@ -133,7 +143,14 @@ async def _holds_and_reversals(client: httpx.AsyncClient, write: dict[str, str],
 
 async def _statements_of_the_workload(tmp_path: Path) -> dict[str, Any]:
     """Every statement the store sent while the workload ran, with the parameters of its first run."""
-    tally = Tally(settings_for(tmp_path, hold_sweep_seconds=3600.0))  # the test sweeps itself
+    tally = Tally(
+        settings_for(
+            tmp_path,
+            hold_sweep_seconds=3600.0,  # the test sweeps itself
+            cache_invalidation="outbox",  # the feed's tail and pages, as other processes' caches read them
+            cache_invalidation_poll_ms=20,
+        )
+    )
     seen: dict[str, Any] = {}
 
     def capture(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
@@ -147,8 +164,10 @@ async def _statements_of_the_workload(tmp_path: Path) -> dict[str, Any]:
     async with LifespanManager(app) as manager:
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://tally") as client:
-            await _workload(client)
+            ledger = await _workload(client)
             await asyncio.sleep(0.1)
+            await tally.key_usage.flush(tally.database)  # the write-behind of key usage
+            await _key_usage(client, ledger.ledger_id)
             if BACKENDS.name == "postgresql":
                 BACKENDS.cluster().wait_for_replay()  # the sweeper looks on a replica first
             assert await expire_due_holds(tally.database) == 1  # the sweeper's own queries

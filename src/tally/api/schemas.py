@@ -324,6 +324,15 @@ class KeyPage(BaseModel):
     next_cursor: str | None
 
 
+class KeyUsageDay(BaseModel):
+    day: str = Field(description="A UTC day, YYYY-MM-DD.")
+    requests: int = Field(description="Requests the key authenticated that day (written behind, ADR 0028).")
+
+
+class KeyUsageOut(BaseModel):
+    data: list[KeyUsageDay]
+
+
 class ItemErrorOut(BaseModel):
     code: str
     detail: str

@@ -48,6 +48,7 @@ WAIT_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
 QUERIES_PER_REQUEST_BUCKETS = (0, 1, 2, 3, 4, 5, 6, 8, 10, 13, 16, 20, 30, 50, 100)
 JOB_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
+
 class Metrics:
     """The metric families of one Tally process. ``multiprocess_dir`` switches to multiprocess mode."""
 

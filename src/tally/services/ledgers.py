@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -76,6 +76,15 @@ async def list_keys(database: Database, ledger_id: str, *, after: int | None, li
     async with database.read() as tx:
         await require_ledger(tx, ledger_id)
         return await tx.keys.list(ledger_id, after=after, limit=limit)
+
+
+async def key_usage(database: Database, ledger_id: str, key_id: str) -> Sequence[tuple[str, int]]:
+    """The key's requests per UTC day, oldest first, as flushed so far (ADR 0028)."""
+    async with database.read() as tx:
+        await require_ledger(tx, ledger_id)
+        if await tx.keys.get(ledger_id, key_id) is None:
+            raise NotFound(f"Key {key_id} does not exist.")
+        return await tx.keys.usage(key_id)
 
 
 async def require_ledger(tx: Transaction, ledger_id: str) -> Ledger:

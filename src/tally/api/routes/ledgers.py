@@ -9,11 +9,20 @@ from tally.api.replies import (
     decode_cursor,
     json_reply,
     page_reply,
+    respond_json,
     respond_outcome,
     run_write,
 )
 from tally.api.routing import Access, TallyRoute, access, principal
-from tally.api.schemas import KeyCreate, KeyCreated, KeyPage, LedgerCreate, LedgerOut, Limit
+from tally.api.schemas import (
+    KeyCreate,
+    KeyCreated,
+    KeyPage,
+    KeyUsageOut,
+    LedgerCreate,
+    LedgerOut,
+    Limit,
+)
 from tally.domain.errors import NotFound
 from tally.services import ledgers
 from tally.services.idempotency import Outcome
@@ -90,3 +99,15 @@ async def revoke_key(ledger_id: str, key_id: str, request: Request) -> Response:
     async with database.write() as tx:
         await ledgers.revoke_key(tx, ledger_id, key_id)
     return Response(status_code=204, headers={"Tally-Consistency-Token": database.position()})
+
+
+@router.get(
+    "/v1/ledgers/{ledger_id}/keys/{key_id}/usage",
+    response_model=KeyUsageOut,
+    openapi_extra=access(Access.KEYS),
+)
+async def key_usage(ledger_id: str, key_id: str, request: Request) -> Response:
+    """Requests per UTC day; the current interval's uses appear after the next flush (ADR 0028)."""
+    _own_ledger(request, ledger_id)
+    days = await ledgers.key_usage(request.app.state.tally.database, ledger_id, key_id)
+    return respond_json(200, {"data": [{"day": day, "requests": n} for day, n in days]})
