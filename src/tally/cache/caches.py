@@ -26,6 +26,7 @@ from tally.cache.invalidation import OutboxInvalidation, RedisInvalidation
 from tally.cache.keys import KeyCache
 from tally.cache.write_through import WriteThrough
 from tally.config import Settings
+from tally.services.cache_ports import Cache
 from tally.services.ports import Database
 
 LookupCounter = Callable[[str, str, str], None]  # (cache, backend, result)
@@ -33,7 +34,7 @@ LookupCounter = Callable[[str, str, str], None]  # (cache, backend, result)
 
 @dataclass
 class Caches:
-    backend: GuardedCache
+    backend: Cache
     accounts: AccountCache
     keys: KeyCache
     invalidation: RedisInvalidation | OutboxInvalidation | None
@@ -45,7 +46,7 @@ class Caches:
     async def stop(self) -> None:
         if self.invalidation is not None:
             await self.invalidation.stop()
-        await self.backend.cache.close()
+        await self.backend.close()
 
 
 def build_caches(
@@ -61,7 +62,11 @@ def build_caches(
     cache = open_cache(
         settings.cache_url, max_entries=settings.cache_max_entries, timeout=settings.cache_timeout_ms / 1000
     )
-    guarded = GuardedCache(cache, timeout=settings.cache_timeout_ms / 1000, observer=observer)
+    timeout = settings.cache_timeout_ms / 1000
+
+    def guarded(name: str) -> GuardedCache:  # one backend, a metrics label per cache
+        return GuardedCache(cache, name=name, timeout=timeout, observer=observer)
+
     backend = cache.backend
 
     def count(name: str, result: str) -> None:
@@ -75,16 +80,26 @@ def build_caches(
     invalidation: RedisInvalidation | OutboxInvalidation | None = None
     if channel == "outbox":
         poll = settings.cache_invalidation_poll_ms / 1000
-        invalidation = OutboxInvalidation(database, guarded, poll=poll, keep=ttl + stale, count=note)
+        invalidation = OutboxInvalidation(
+            database, guarded("invalidation"), poll=poll, keep=ttl + stale, count=note
+        )
         key_ttl = min(key_ttl, poll)  # no event tells of a revocation: the poll interval bounds it
     elif channel is not None:
-        invalidation = RedisInvalidation(open_channel(channel), guarded, keep=ttl + stale, count=note)
+        invalidation = RedisInvalidation(
+            open_channel(channel), guarded("invalidation"), keep=ttl + stale, count=note
+        )
     accounts = AccountCache(
-        guarded, database, ttl=ttl, stale=stale, count=count, shared=backend != "memory", clock=clock
+        guarded("accounts"),
+        database,
+        ttl=ttl,
+        stale=stale,
+        count=count,
+        shared=backend != "memory",
+        clock=clock,
     )
-    keys = KeyCache(guarded, database, ttl=key_ttl, stale=stale, count=count, clock=clock)
+    keys = KeyCache(guarded("api_keys"), database, ttl=key_ttl, stale=stale, count=count, clock=clock)
     database.listen_to_commits(WriteThrough(accounts, keys, invalidation))
-    return Caches(guarded, accounts, keys, invalidation)
+    return Caches(cache, accounts, keys, invalidation)
 
 
 def _channel(settings: Settings, backend: str) -> str | None:

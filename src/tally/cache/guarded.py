@@ -34,12 +34,17 @@ FAILED = Failed.FAILED
 
 
 class CacheObserver(Protocol):
-    def called(self, backend: str, operation: str, seconds: float, *, ok: bool) -> None: ...
+    def called(self, cache: str, backend: str, operation: str, seconds: float, *, ok: bool) -> None: ...
 
 
 class GuardedCache:
-    def __init__(self, cache: Cache, *, timeout: float, observer: CacheObserver | None = None) -> None:
+    """``name`` is the cache's (``accounts``, ``api_keys``, ``invalidation``): one label of its metrics."""
+
+    def __init__(
+        self, cache: Cache, *, name: str, timeout: float, observer: CacheObserver | None = None
+    ) -> None:
         self.cache = cache
+        self.name = name
         self.backend = cache.backend
         self._timeout = timeout
         self._observer = observer
@@ -73,10 +78,17 @@ class GuardedCache:
             return result
         finally:
             if self._observer is not None:
-                self._observer.called(self.backend, operation, time.perf_counter() - started, ok=ok)
+                seconds = time.perf_counter() - started
+                self._observer.called(self.name, self.backend, operation, seconds, ok=ok)
 
     def _complain(self, operation: str, error: Exception) -> None:
         now = time.monotonic()
         if now >= self._quiet_until:
             self._quiet_until = now + _QUIET_SECONDS
-            _log.warning("cache unavailable", backend=self.backend, operation=operation, error=repr(error))
+            _log.warning(
+                "cache unavailable",
+                cache=self.name,
+                backend=self.backend,
+                operation=operation,
+                error=repr(error),
+            )

@@ -11,10 +11,10 @@ class CacheMetrics:
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
 
-    def called(self, backend: str, operation: str, seconds: float, *, ok: bool) -> None:
-        self._metrics.cache_latency.labels(backend, operation).observe(seconds)
+    def called(self, cache: str, backend: str, operation: str, seconds: float, *, ok: bool) -> None:
+        self._metrics.cache_latency.labels(cache, backend, operation).observe(seconds)
         if not ok:
-            self._metrics.cache_errors.labels(backend, operation).inc()
+            self._metrics.cache_errors.labels(cache, backend, operation).inc()
 
     def looked_up(self, cache: str, backend: str, result: str) -> None:
         self._metrics.cache_requests.labels(cache, backend, result).inc()

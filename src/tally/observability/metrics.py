@@ -157,12 +157,12 @@ class Metrics:
         )  # fmt: skip
         self.cache_latency = Histogram(
             "tally_cache_operation_seconds", "Time of one call to the cache backend, by operation.",
-            ["backend", "operation"], buckets=QUERY_BUCKETS, registry=registry,
+            [*cache, "operation"], buckets=QUERY_BUCKETS, registry=registry,
         )  # fmt: skip
         self.cache_errors = Counter(
             "tally_cache_errors",
             "Cache backend calls that failed or ran out of time (never a failed request).",
-            ["backend", "operation"], registry=registry,
+            [*cache, "operation"], registry=registry,
         )  # fmt: skip
         self.cache_invalidations = Counter(
             "tally_cache_invalidations",
