@@ -26,6 +26,7 @@ from tally.cache.entries import (
     encode_key,
     key_order,
     order_of,
+    readable,
 )
 from tally.cache.invalidation import drops_of
 from tally.cache.loading import SingleFlight
@@ -151,3 +152,12 @@ def test_events_name_the_accounts_they_make_stale() -> None:
     ]
     # The transfer's own state (same instant, its version) is not older than the tombstone.
     assert order_of(later, 0) <= account_order(account(version=10, updated_at=later))
+
+
+def test_an_entry_this_release_cannot_read_is_a_miss_not_an_error() -> None:
+    assert readable(decode_account, b"") is None  # a tombstone
+    assert readable(decode_account, None) is None
+    assert readable(decode_account, b'{"i": {"id": "alice"}, "at": 1, "fresh": 2, "cov": null}') is None
+    assert readable(decode_account, b"\x00not json") is None
+    entry = Entry(account(), as_of=1.0, fresh_until=2.0, covers=None)
+    assert readable(decode_account, encode_account(entry)) == entry

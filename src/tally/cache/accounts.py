@@ -22,7 +22,7 @@ import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from tally.cache.entries import Entry, account_order, decode_account, encode_account
+from tally.cache.entries import Entry, account_order, decode_account, encode_account, readable
 from tally.cache.guarded import FAILED, GuardedCache
 from tally.cache.loading import WAIT_STEP, LoadLock, SingleFlight, waits
 from tally.domain.accounts import Account
@@ -74,7 +74,7 @@ class AccountCache:
             return snapshot.account, snapshot.at
         key = self.key(ledger_id, account_id)
         raw = await self._cache.get(key)
-        entry = decode_account(raw) if isinstance(raw, bytes) and raw else None
+        entry = readable(decode_account, raw)
         usable = entry is not None and self._covers(entry, intent.token)
         now = self._clock()
         if entry is not None and usable and now < entry.fresh_until:
@@ -121,11 +121,9 @@ class AccountCache:
                 await self._lock.release(key)
         for _ in range(waits()):  # another process is loading it: its entry is due any moment
             await asyncio.sleep(WAIT_STEP)
-            raw = await self._cache.get(key)
-            if isinstance(raw, bytes) and raw:
-                entry = decode_account(raw)
-                if self._clock() < entry.fresh_until:
-                    return entry.item, _time(entry.as_of)
+            waited = readable(decode_account, await self._cache.get(key))
+            if waited is not None and self._clock() < waited.fresh_until:
+                return waited.item, _time(waited.as_of)
         return await self._load_now(key, ledger_id, account_id)
 
     async def _load_now(self, key: str, ledger_id: str, account_id: str) -> tuple[Account, datetime]:

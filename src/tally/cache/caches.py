@@ -86,7 +86,7 @@ def build_caches(
         key_ttl = min(key_ttl, poll)  # no event tells of a revocation: the poll interval bounds it
     elif channel is not None:
         invalidation = RedisInvalidation(
-            open_channel(channel), guarded("invalidation"), keep=ttl + stale, count=note
+            open_channel(channel), guarded("invalidation"), keep=ttl + stale, timeout=timeout, count=note
         )
     accounts = AccountCache(
         guarded("accounts"),

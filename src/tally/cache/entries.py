@@ -8,6 +8,7 @@ consistency token is answered from it).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
@@ -45,6 +46,17 @@ def order_of(updated_at: datetime, version: int) -> int:
 def key_order(key: ApiKey) -> int:
     """Revocation is final: a revoked key's entry is never replaced by an older, active one."""
     return 1 if key.revoked_at is not None else 0
+
+
+def readable(decode: Callable[[bytes], Entry[T]], raw: object) -> Entry[T] | None:
+    """The entry in ``raw``; ``None`` for a miss, a tombstone, or bytes this version cannot read
+    (written by another release during a rolling upgrade: a miss, never an error)."""
+    if not isinstance(raw, bytes) or not raw:
+        return None
+    try:
+        return decode(raw)
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def encode_account(entry: Entry[Account]) -> bytes:

@@ -18,6 +18,7 @@ entry the commit wrote. The invalidation is best effort by design; it never fail
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from contextlib import suppress
@@ -28,6 +29,7 @@ import structlog
 from tally.cache.entries import order_of
 from tally.cache.guarded import GuardedCache
 from tally.services.cache_ports import CacheUnavailable, InvalidationChannel
+from tally.services.deadline import remaining
 from tally.services.events import events_after, feed_tail
 from tally.services.ports import Database, Event, FeedPosition
 
@@ -40,25 +42,42 @@ _FEED_PAGE = 500
 
 
 class RedisInvalidation:
+    """Publishing follows every commit, so it is bounded like any cache call (``timeout`` and the
+    budget); after a failure it pauses for ``QUIET_SECONDS`` rather than make every write wait on a
+    server that is down. The other processes then keep their entries until the TTL."""
+
+    QUIET_SECONDS = 1.0
+
     def __init__(
-        self, channel: InvalidationChannel, local: GuardedCache, *, keep: float, count: Callable[[str], None]
+        self,
+        channel: InvalidationChannel,
+        local: GuardedCache,
+        *,
+        keep: float,
+        timeout: float,
+        count: Callable[[str], None],
     ) -> None:
         self._channel = channel
         self._local = local
         self._keep = keep
+        self._timeout = timeout
         self._count = count
         self._origin = _ORIGIN + uuid.uuid4().hex
         self._task: asyncio.Task[None] | None = None
+        self._quiet_until = 0.0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._listen(), name="tally-cache-invalidation")
 
     async def publish(self, drops: Sequence[Drop]) -> None:
-        if drops:
-            try:
+        if not drops or time.monotonic() < self._quiet_until:
+            return
+        try:
+            async with asyncio.timeout(max(0.001, min(self._timeout, remaining(self._timeout)))):
                 await self._channel.publish([(self._origin, None), *drops])
-            except CacheUnavailable as error:  # the others keep their entries until the TTL
-                _log.warning("cache invalidation not published", error=repr(error), keys=len(drops))
+        except (CacheUnavailable, TimeoutError) as error:  # the others keep their entries until the TTL
+            self._quiet_until = time.monotonic() + self.QUIET_SECONDS
+            _log.warning("cache invalidation not published", error=repr(error), keys=len(drops))
 
     async def stop(self) -> None:
         if self._task is not None:

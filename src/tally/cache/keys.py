@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from tally.cache.entries import Entry, decode_key, encode_key, key_order
+from tally.cache.entries import Entry, decode_key, encode_key, key_order, readable
 from tally.cache.guarded import FAILED, GuardedCache
 from tally.cache.loading import SingleFlight
 from tally.domain.errors import Unavailable
@@ -58,7 +58,7 @@ class KeyCache:
             return await find_key(self._database, secret_hash)
         key = self.key(secret_hash)
         raw = await self._cache.get(key)
-        entry = decode_key(raw) if isinstance(raw, bytes) and raw else None
+        entry = readable(decode_key, raw)
         if entry is not None and self._clock() < entry.fresh_until:
             self._count(self.name, "hit")
             return entry.item
