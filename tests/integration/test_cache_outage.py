@@ -1,0 +1,175 @@
+"""The cache server (``TALLY_CACHE_URL``) killed under load, then started again: no request fails.
+
+Invariants, in plain words:
+- while Redis or Memcached is gone, every request still succeeds: the database answers what the
+  cache cannot (``GuardedCache``), and the rate limiter, which uses the same server, fails open;
+- the outage is real and counted: cache calls fail (``tally_cache_errors_total``) and lookups
+  are counted with the result ``error``;
+- once the server is back (empty: it persisted nothing), the cache fills again: most lookups after
+  the restart are hits;
+- money is exact: each balance is its funding plus the transfers that were answered 201, whether
+  the database answers (``strong``) or the cache does.
+
+One `tally serve` process on SQLite; eight clients in this process: six read balances, two move
+money between four accounts. The server is killed with SIGKILL after a warm-up, kept down for a
+while, and started again on the same port. The phases last seconds so that each sees plenty of
+requests; no timing is asserted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.cache_servers import CacheServer, cache_server
+from tests.integration.cache_support import cache_errors, lookups, metrics, plain_client
+from tests.support import LedgerKeys, Server, new_ledger, open_account, start_server, transfer
+
+pytestmark = pytest.mark.server
+
+ACCOUNTS = ("a0", "a1", "a2", "a3")
+FUNDING = 1_000_000
+READERS, WRITERS = 6, 2
+WARM_SECONDS = 1.5  # load before the kill, so that the cache is full and hits are counted
+OUTAGE_SECONDS = 2.0
+RECOVERY_SECONDS = 2.0
+STRONG = {"Tally-Consistency": "strong"}
+
+
+@dataclass
+class Load:
+    """What the clients saw, by phase (``warm``, ``outage``, ``recovery``)."""
+
+    phase: str = "warm"
+    answered: Counter[str] = field(default_factory=Counter)
+    failures: list[str] = field(default_factory=list)
+    moved: list[tuple[str, str, int]] = field(default_factory=list)  # (debit, credit, amount), all 201
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def saw(self, what: str, response: httpx.Response, expected: int) -> bool:
+        if response.status_code == expected:
+            self.answered[self.phase] += 1
+            return True
+        self.failures.append(f"{self.phase}: {what} answered {response.status_code}: {response.text[:200]}")
+        return False
+
+
+@pytest.fixture(params=["redis", "memcached"])
+def cache(request: pytest.FixtureRequest) -> Iterator[CacheServer]:
+    with cache_server(request.param) as server:
+        yield server
+
+
+@pytest.fixture
+def server(cache: CacheServer, tmp_path: Path) -> Iterator[Server]:
+    env = {
+        "TALLY_CACHE_URL": cache.url,
+        "TALLY_CACHE_TTL_MS": "600000",  # no entry expires during the test: hits come from the cache
+        # The rate limiter keeps its counters on the cache's server too; it must fail open during the
+        # outage, but never limit this load.
+        "TALLY_RATE_LIMIT": "100000/second",
+    }
+    running = start_server(tmp_path, env)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+async def funded(client: httpx.AsyncClient) -> LedgerKeys:
+    keys = await new_ledger(client)
+    await open_account(client, keys.write, id="world", normal_balance="debit", min_balance=None)
+    for account_id in ACCOUNTS:
+        await open_account(client, keys.write, id=account_id)
+        moved = await transfer(client, keys.write, "world", account_id, FUNDING)
+        assert moved.status_code == 201, moved.text
+    return keys
+
+
+async def read_balances(server: Server, keys: LedgerKeys, load: Load, seed: int) -> None:
+    pick = random.Random(seed)
+    async with plain_client(server) as client:
+        while not load.stop.is_set():
+            account_id = pick.choice(ACCOUNTS)
+            try:
+                read = await client.get(f"/v1/accounts/{account_id}/balance", headers=keys.read)
+            except httpx.HTTPError as error:
+                load.failures.append(f"{load.phase}: balance of {account_id}: {error!r}")
+            else:
+                load.saw(f"balance of {account_id}", read, 200)
+
+
+async def move_money(server: Server, keys: LedgerKeys, load: Load, seed: int) -> None:
+    pick = random.Random(seed)
+    async with plain_client(server) as client:
+        while not load.stop.is_set():
+            debit, credit = pick.sample(ACCOUNTS, 2)
+            amount = pick.randint(1, 100)
+            try:
+                moved = await transfer(client, keys.write, debit, credit, amount)
+            except httpx.HTTPError as error:
+                load.failures.append(f"{load.phase}: transfer {debit}->{credit}: {error!r}")
+            else:
+                if load.saw(f"transfer {debit}->{credit}", moved, 201):
+                    load.moved.append((debit, credit, amount))
+
+
+def expected_balances(load: Load) -> dict[str, int]:
+    balances = dict.fromkeys(ACCOUNTS, FUNDING)
+    for debit, credit, amount in load.moved:
+        balances[debit] -= amount
+        balances[credit] += amount
+    return balances
+
+
+async def test_a_cache_server_killed_under_load_fails_no_request_and_is_used_again_once_back(
+    cache: CacheServer, server: Server
+) -> None:
+    async with plain_client(server) as client:
+        keys = await funded(client)
+        load = Load()
+        clients = [read_balances(server, keys, load, seed) for seed in range(READERS)]
+        clients += [move_money(server, keys, load, 100 + seed) for seed in range(WRITERS)]
+        running = [asyncio.create_task(work) for work in clients]
+        try:
+            await asyncio.sleep(WARM_SECONDS)
+            before = await metrics(client)
+            await asyncio.to_thread(cache.stop, kill=True)
+            load.phase = "outage"
+            await asyncio.sleep(OUTAGE_SECONDS)
+            await asyncio.to_thread(cache.start)
+            load.phase = "recovery"
+            restarted = await metrics(client)
+            await asyncio.sleep(RECOVERY_SECONDS)
+            end = await metrics(client)
+        finally:
+            load.stop.set()
+            await asyncio.gather(*running)
+
+        assert load.failures == []
+        assert min(load.answered[phase] for phase in ("warm", "outage", "recovery")) > 0, load.answered
+        # The outage was real: calls failed, and lookups fell through to the database.
+        assert cache_errors(restarted) > cache_errors(before)
+        assert lookups(restarted, "accounts", "error") > lookups(before, "accounts", "error")
+        assert lookups(before, "accounts", "hit") > 0
+        # Back, the cache is used again: most lookups after the restart are hits.
+        since = {
+            result: lookups(end, "accounts", result) - lookups(restarted, "accounts", result)
+            for result in ("hit", "miss", "error", "stale")
+        }
+        assert since["hit"] > since["miss"] + since["error"] + since["stale"], since
+
+        expected = expected_balances(load)
+        for account_id, balance in expected.items():
+            path = f"/v1/accounts/{account_id}/balance"
+            strong = await client.get(path, headers={**keys.read, **STRONG})
+            assert strong.json()["posted"] == balance, account_id
+            cached = await client.get(path, headers=keys.read)
+            assert cached.json()["posted"] == balance, account_id
