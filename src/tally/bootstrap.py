@@ -7,6 +7,7 @@ import contextlib
 import contextvars
 import sys
 from collections.abc import Callable
+from functools import partial
 
 from fastapi import FastAPI
 from sqlalchemy.engine import make_url
@@ -91,9 +92,11 @@ class Tally:
         await self.database.start()
         if api:  # a worker-only process serves no key: it neither needs nor makes the root key
             await self._start_authentication()
-            # It reads no cache either: only the API's caches need invalidating. The listener's
-            # lines name their job, not a request (the task copies this context).
-            contextvars.copy_context().run(_as_job, "cache_invalidation", self.caches.start)
+        # Only the API reads caches, so only it listens for invalidations; every process writes
+        # through and repairs. These tasks' lines name their job, not a request (tasks copy this
+        # context).
+        start_caches = partial(self.caches.start, invalidation=api)
+        contextvars.copy_context().run(_as_job, "cache_upkeep", start_caches)
         self._flusher = asyncio.create_task(self._flush_key_usage(), name="tally-key-usage")
         self._sweeper = asyncio.create_task(self._sweep_holds(), name="tally-hold-sweeper")
         if self.telemetry is not None:

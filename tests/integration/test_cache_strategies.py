@@ -57,6 +57,7 @@ async def client(tmp_path: Path, cache: str) -> AsyncIterator[httpx.AsyncClient]
         replica_urls=[],
         cache_url=cache,
         cache_ttl_ms=600_000,  # only writes, holds and tokens may end an entry's freshness here
+        cache_timeout_ms=5_000,  # a busy test machine must not turn a slow call into a resting cache
         key_cache_ttl_ms=600_000,
         rate_limit="off",
         hold_sweep_seconds=3600.0,

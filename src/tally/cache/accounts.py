@@ -47,6 +47,7 @@ class AccountCache:
         stale: float,
         count: ResultCounter,
         shared: bool,
+        max_lag: float,
         clock: Callable[[], float],
     ) -> None:
         self._cache = cache
@@ -54,6 +55,7 @@ class AccountCache:
         self._ttl = ttl
         self._keep = ttl + stale  # how long the backend keeps an entry
         self._count = count
+        self._max_lag = max_lag
         self._clock = clock
         self._flight: SingleFlight[tuple[Account, datetime]] = SingleFlight()
         self._lock = LoadLock(cache) if shared else None
@@ -73,12 +75,17 @@ class AccountCache:
             snapshot = await account_snapshot(self._database, ledger_id, account_id)
             return snapshot.account, snapshot.at
         key = self.key(ledger_id, account_id)
-        raw = await self._cache.get(key)
+        # A write of this account that has not reached the cache yet: what it holds may be older,
+        # so the database answers (counted as an error: the backend's failure is why).
+        raw = FAILED if self._cache.unsure(key) else await self._cache.get(key)
         entry = readable(decode_account, raw)
         usable = entry is not None and self._covers(entry, intent.token)
         now = self._clock()
         if entry is not None and usable and now < entry.fresh_until:
             self._count(self.name, "hit")
+            if entry.replica:  # labelled as the replica's answer it copies was (ADR 0021)
+                report_lagging(_time(entry.as_of))
+                return entry.item, _time(entry.as_of)
             return entry.item, _time(now)
         self._count(self.name, "error" if raw is FAILED else "miss")
         try:
@@ -105,7 +112,7 @@ class AccountCache:
             held = account.balance.pending_debits or account.balance.pending_credits
             value = b"" if held else encode_account(Entry(account, now, now + self._ttl, committed.covers))
             async with gate:
-                await self._cache.set(key, value, ttl=self._keep, version=version)
+                await self._cache.set_or_repair(key, value, ttl=self._keep, version=version)
             drops.append((key, version))
 
         await asyncio.gather(*(write(account) for account in committed.accounts))
@@ -114,14 +121,18 @@ class AccountCache:
     async def _load(self, key: str, ledger_id: str, account_id: str) -> tuple[Account, datetime]:
         if self._lock is None or read_intent().token is not None:
             return await self._load_now(key, ledger_id, account_id)
-        if await self._lock.acquire(key):
+        locked = await self._lock.acquire(key)
+        if locked is True:
             try:
                 return await self._load_now(key, ledger_id, account_id)
             finally:
                 await self._lock.release(key)
-        for _ in range(waits()):  # another process is loading it: its entry is due any moment
+        for _ in range(waits() if locked is False else 0):  # another process is loading it
             await asyncio.sleep(WAIT_STEP)
-            waited = readable(decode_account, await self._cache.get(key))
+            raw = await self._cache.get(key)
+            if raw is FAILED:
+                break  # the cache went away: nothing to wait for
+            waited = readable(decode_account, raw)
             if waited is not None and self._clock() < waited.fresh_until:
                 return waited.item, _time(waited.as_of)
         return await self._load_now(key, ledger_id, account_id)
@@ -129,14 +140,20 @@ class AccountCache:
     async def _load_now(self, key: str, ledger_id: str, account_id: str) -> tuple[Account, datetime]:
         covers = self._database.read_covers()  # taken before the read: the read includes it
         snapshot = await account_snapshot(self._database, ledger_id, account_id)
-        if lagging() is None:  # never spread what a lagging replica said
-            now = self._clock()
+        now = self._clock()
+        # A replica within its lag bound is as good as the primary here: the version keeps an
+        # older state from replacing a newer one. One further behind (the primary down) is not
+        # spread: its answers stay labelled stale, and a cache hit would not be.
+        replica = lagging()
+        as_of = now if replica is None else replica.timestamp()
+        if now - as_of <= self._max_lag:
             fresh = now + self._ttl
             if snapshot.changes_by is not None:
                 fresh = min(fresh, snapshot.changes_by.timestamp())
-            entry = Entry(snapshot.account, now, fresh, covers)
+            entry = Entry(snapshot.account, as_of, fresh, covers, replica=replica is not None)
             version = account_order(snapshot.account)
-            await self._cache.set(key, encode_account(entry), ttl=self._keep, version=version)
+            value = encode_account(entry)
+            await self._cache.set_or_repair(key, value, ttl=self._keep, version=version, must_land=False)
         return snapshot.account, snapshot.at
 
     def _covers(self, entry: Entry[Account], token: str | None) -> bool:

@@ -15,13 +15,15 @@ SQLite, and for Redis or Memcached, which every process shares.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 
 from tally.cache.accounts import AccountCache
 from tally.cache.factory import open_cache, open_channel
-from tally.cache.guarded import CacheObserver, GuardedCache
+from tally.cache.guarded import CacheHealth, CacheObserver, GuardedCache
 from tally.cache.invalidation import OutboxInvalidation, RedisInvalidation
 from tally.cache.keys import KeyCache
 from tally.cache.write_through import WriteThrough
@@ -32,21 +34,38 @@ from tally.services.ports import Database
 LookupCounter = Callable[[str, str, str], None]  # (cache, backend, result)
 
 
+REPAIR_SECONDS = 1.0
+
+
 @dataclass
 class Caches:
     backend: Cache
     accounts: AccountCache
     keys: KeyCache
     invalidation: RedisInvalidation | OutboxInvalidation | None
+    guarded: list[GuardedCache]
+    _repairer: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        if self.invalidation is not None:
+    def start(self, *, invalidation: bool = True) -> None:
+        """Start repairing failed write-throughs, and (``invalidation``) listening to the others."""
+        if invalidation and self.invalidation is not None:
             self.invalidation.start()
+        self._repairer = asyncio.create_task(self._repair(), name="tally-cache-repair")
 
     async def stop(self) -> None:
+        if self._repairer is not None:
+            self._repairer.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._repairer
         if self.invalidation is not None:
             await self.invalidation.stop()
         await self.backend.close()
+
+    async def _repair(self) -> None:
+        while True:
+            await asyncio.sleep(REPAIR_SECONDS)
+            for cache in self.guarded:
+                await cache.repair()
 
 
 def build_caches(
@@ -64,8 +83,12 @@ def build_caches(
     )
     timeout = settings.cache_timeout_ms / 1000
 
-    def guarded(name: str) -> GuardedCache:  # one backend, a metrics label per cache
-        return GuardedCache(cache, name=name, timeout=timeout, observer=observer)
+    health = CacheHealth()  # one backend: a failure seen by one cache rests it for all
+    made: list[GuardedCache] = []
+
+    def guarded(name: str) -> GuardedCache:  # a metrics label per cache
+        made.append(GuardedCache(cache, name=name, timeout=timeout, health=health, observer=observer))
+        return made[-1]
 
     backend = cache.backend
 
@@ -95,11 +118,12 @@ def build_caches(
         stale=stale,
         count=count,
         shared=backend != "memory",
+        max_lag=settings.replica_max_lag_ms / 1000,
         clock=clock,
     )
     keys = KeyCache(guarded("api_keys"), database, ttl=key_ttl, stale=stale, count=count, clock=clock)
     database.listen_to_commits(WriteThrough(accounts, keys, invalidation))
-    return Caches(cache, accounts, keys, invalidation)
+    return Caches(cache, accounts, keys, invalidation, made)
 
 
 def _channel(settings: Settings, backend: str) -> str | None:

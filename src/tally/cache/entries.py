@@ -27,6 +27,7 @@ class Entry(Generic[T]):
     as_of: float  # when the item was known current (epoch seconds)
     fresh_until: float  # served as current until then; after, only when no database answers
     covers: int | None
+    replica: bool = False  # loaded from a replica: its hits are labelled stale, as the load was
 
 
 def account_order(account: Account) -> int:
@@ -123,12 +124,13 @@ def decode_key(raw: bytes) -> Entry[ApiKey]:
 
 
 def _dump(entry: Entry[Any], item: dict[str, Any]) -> bytes:
-    return orjson.dumps({"i": item, "at": entry.as_of, "fresh": entry.fresh_until, "cov": entry.covers})
+    header = {"at": entry.as_of, "fresh": entry.fresh_until, "cov": entry.covers, "rep": entry.replica}
+    return orjson.dumps({"i": item, **header})
 
 
-def _load(raw: bytes) -> tuple[tuple[float, float, int | None], dict[str, Any]]:
+def _load(raw: bytes) -> tuple[tuple[float, float, int | None, bool], dict[str, Any]]:
     data = orjson.loads(raw)
-    return (data["at"], data["fresh"], data["cov"]), data["i"]
+    return (data["at"], data["fresh"], data["cov"], bool(data.get("rep"))), data["i"]
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -57,7 +57,7 @@ class KeyCache:
         if self._ttl <= 0:
             return await find_key(self._database, secret_hash)
         key = self.key(secret_hash)
-        raw = await self._cache.get(key)
+        raw = FAILED if self._cache.unsure(key) else await self._cache.get(key)  # a revocation not landed
         entry = readable(decode_key, raw)
         if entry is not None and self._clock() < entry.fresh_until:
             self._count(self.name, "hit")
@@ -75,7 +75,7 @@ class KeyCache:
         drops: list[tuple[str, int | None]] = []
         for secret_hash in secret_hashes:
             key = self.key(secret_hash)
-            await self._cache.set(key, b"", ttl=self._keep, version=REVOKED)
+            await self._cache.set_or_repair(key, b"", ttl=self._keep, version=REVOKED)
             drops.append((key, REVOKED))
         return drops
 
@@ -84,5 +84,6 @@ class KeyCache:
         if found is not None and lagging() is None:
             now = self._clock()
             entry = Entry(found, now, now + self._ttl, None)
-            await self._cache.set(key, encode_key(entry), ttl=self._keep, version=key_order(found))
+            value, version = encode_key(entry), key_order(found)
+            await self._cache.set_or_repair(key, value, ttl=self._keep, version=version, must_land=False)
         return found

@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
-from tally.cache.guarded import GuardedCache
+from tally.cache.guarded import Failed, GuardedCache
 from tally.services.deadline import remaining
 
 V = TypeVar("V")
@@ -61,7 +61,8 @@ class LoadLock:
     def __init__(self, cache: GuardedCache) -> None:
         self._cache = cache
 
-    async def acquire(self, key: str) -> bool:
+    async def acquire(self, key: str) -> bool | Failed:
+        """``True``: this process loads; ``False``: another does; ``FAILED``: no cache to wait on."""
         return await self._cache.add(f"lock:{key}", b"1", ttl=LOCK_TTL)
 
     async def release(self, key: str) -> None:

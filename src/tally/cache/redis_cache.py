@@ -11,10 +11,12 @@ and the write are atomic on the server; Lua numbers are doubles, exact only up t
 script compares the padded digits as strings, which orders equal-length decimals like the numbers.
 The TTL is Redis's own (``PX``, in milliseconds).
 
-There are no client-side retries: a failure, or a call that outlasts ``timeout``, raises
-``CacheUnavailable`` at once and the caller goes to the database. The connection pool reconnects
-on the next call, so the same object works again once the server is back; the script is loaded
-again by ``EVALSHA``'s fallback when a restarted server no longer knows it.
+A call is tried once more, at once, when its connection fails: after a server restart every pooled
+connection is dead, and each would otherwise fail one request before reconnecting. A failure
+after that, or a call that outlasts ``timeout`` (the caller bounds the whole), raises
+``CacheUnavailable`` and the caller goes to the database. So the same object works again once the
+server is back; the script is loaded again by ``EVALSHA``'s fallback when a restarted server no
+longer knows it.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ class RedisCache:
             url,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),  # the caller falls back to the database instead
+            retry=Retry(NoBackoff(), 1),  # one reconnect for a pooled connection the server dropped
         )
         self._set_versioned = self._redis.register_script(_SET_VERSIONED)
 
