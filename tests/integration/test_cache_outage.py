@@ -19,7 +19,9 @@ requests; no timing is asserted.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import signal
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,7 +32,7 @@ import pytest
 
 from tests.cache_servers import CacheServer, cache_server
 from tests.integration.cache_support import cache_errors, lookups, metrics, plain_client, until
-from tests.observability.scrape import Sample
+from tests.observability.scrape import Sample, total
 from tests.support import LedgerKeys, Server, new_ledger, open_account, start_server, transfer
 
 pytestmark = pytest.mark.server
@@ -185,3 +187,41 @@ async def test_a_cache_server_killed_under_load_fails_no_request_and_is_used_aga
             assert strong.json()["posted"] == balance, account_id
             cached = await client.get(path, headers=keys.read)
             assert cached.json()["posted"] == balance, account_id
+
+
+@pytest.mark.parametrize("how", ["killed", "hung"])
+async def test_a_read_while_the_cache_is_down_or_hung_calls_it_a_bounded_few_times(
+    tmp_path: Path, how: str
+) -> None:
+    """One failed call rests the backend: the next calls of the request do not wait on it again."""
+    with cache_server("redis") as redis:
+        server = start_server(tmp_path, {"TALLY_CACHE_URL": redis.url, "TALLY_RATE_LIMIT": "off"})
+        try:
+            async with plain_client(server) as client:
+                keys = await new_ledger(client)
+                await open_account(client, keys.write, id="a")
+                assert redis.process is not None
+                if how == "killed":
+                    redis.stop(kill=True)
+                else:
+                    os.kill(redis.process.pid, signal.SIGSTOP)
+                try:
+                    before = await metrics(client)
+                    for _ in range(3):
+                        read = await client.get("/v1/accounts/a/balance", headers=keys.read)
+                        assert read.status_code == 200, read.text
+                    after = await metrics(client)
+                finally:
+                    if how == "hung":
+                        os.kill(redis.process.pid, signal.SIGCONT)
+            # Three reads: each looks up its key and its account. Without the rest, each miss would
+            # also try the load lock and wait on the server ten more times.
+            looked = {
+                operation: total(after, "tally_cache_errors_total", operation=operation)
+                - total(before, "tally_cache_errors_total", operation=operation)
+                for operation in ("get", "add", "set")
+            }
+            assert looked["get"] <= 6, looked
+            assert looked["add"] <= 3, looked
+        finally:
+            server.stop()
