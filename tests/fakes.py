@@ -485,6 +485,10 @@ class FakeDatabase:
     def position(self) -> str:
         return str(self.state.events[-1].position if self.state.events else 0)
 
+    @property
+    def primary_up(self) -> bool:
+        return True
+
     def token_key(self, token: str) -> int:
         return int(token)
 

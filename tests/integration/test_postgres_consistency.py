@@ -59,7 +59,13 @@ async def books() -> AsyncIterator[Books]:
     cluster = BACKENDS.cluster()
     with fresh_database(cluster) as database:
         # A lag bound long enough that a paused replica stays usable for the whole test.
-        settings = settings_on(cluster, database, replica_check_ms=CHECK_MS, replica_max_lag_ms=60_000)
+        settings = settings_on(
+            cluster,
+            database,
+            replica_check_ms=CHECK_MS,
+            replica_max_lag_ms=60_000,
+            cache_ttl_ms=0,  # these reads are about replicas: no cache answers for them
+        )
         async with plain_asgi_client(settings) as client:
             ledger = await new_ledger(client)  # writes only: no token needed
             await funded_account(client, ledger, "wallet", 1000)
@@ -136,7 +142,9 @@ async def test_while_replay_is_paused_a_token_read_sees_the_write_and_no_stale_v
 ) -> None:
     cluster, ledger = books.cluster, books.ledger
     lenient = books.client  # replica_max_lag_ms=60_000
-    strict_settings = settings_on(cluster, books.database, replica_check_ms=CHECK_MS, replica_max_lag_ms=300)
+    strict_settings = settings_on(
+        cluster, books.database, replica_check_ms=CHECK_MS, replica_max_lag_ms=300, cache_ttl_ms=0
+    )
     async with plain_asgi_client(strict_settings) as strict:
         # Both apps read from the replica while it keeps up: their monitors have seen it caught up.
         for client in (lenient, strict):

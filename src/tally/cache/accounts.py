@@ -83,7 +83,9 @@ class AccountCache:
         now = self._clock()
         if entry is not None and usable and now < entry.fresh_until:
             self._count(self.name, "hit")
-            if entry.replica:  # labelled as the replica's answer it copies was (ADR 0021)
+            # Labelled like the replica's answer it copies (ADR 0021), and while the primary is
+            # down: writes that other processes committed before then may not have reached us.
+            if entry.replica or not self._database.primary_up:
                 report_lagging(_time(entry.as_of))
                 return entry.item, _time(entry.as_of)
             return entry.item, _time(now)

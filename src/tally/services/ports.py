@@ -360,6 +360,11 @@ class Database(Protocol):
         """A consistency token covering every write this process has committed."""
         ...
 
+    @property
+    def primary_up(self) -> bool:
+        """Whether writes are believed to go through (PostgreSQL: the breaker is closed)."""
+        ...
+
     def token_key(self, token: str) -> int:
         """A consistency token as a number that orders tokens; ``ValidationFailed`` when malformed."""
         ...

@@ -168,6 +168,10 @@ class SqliteDatabase:
     def position(self) -> str:
         return str(self._position)
 
+    @property
+    def primary_up(self) -> bool:
+        return True  # the file is the primary: a failure to reach it is an error of each call
+
     def token_key(self, token: str) -> int:
         if not (token.isascii() and token.isdigit()):
             raise ValidationFailed.at(
