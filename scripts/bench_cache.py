@@ -43,7 +43,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the tests' cache servers
 
 import httpx
-from bench_fixture import ledger_with_two_accounts
+from bench_fixture import ledger_with_two_accounts, print_table
 from bench_observability import cpu_seconds, start
 from bench_sequential import percentile
 from prometheus_client.parser import text_string_to_metric_families
@@ -203,9 +203,7 @@ def main() -> int:
         "cache", "requests_per_second", "p50_ms", "p99_ms", "max_ms", "errors", "srv_cpu_us_per_req",
         "cache_lookups", "hit_ratio",
     )  # fmt: skip
-    print("  ".join(f"{column:>20}" for column in columns))
-    for row in rows:
-        print("  ".join(f"{row[column]!s:>20}" for column in columns))
+    print_table(columns, rows)
     return 0 if all(row["errors"] == 0 for row in rows) else 1
 
 

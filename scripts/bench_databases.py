@@ -20,7 +20,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the tests' PostgreSQL harness
 
-from bench_fixture import serving
+from bench_fixture import print_table, serving
 from bench_sequential import measure
 from tests.pg_cluster import cluster
 
@@ -52,9 +52,7 @@ def main() -> int:
                     row = asyncio.run(measure(base, root, options, database))
                 rows.append({"database": database, "clients": clients, **row})
     columns = ("database", "clients", "transfers_per_second", "p50_ms", "p99_ms", "max_ms", "errors")
-    print("  ".join(f"{column:>20}" for column in columns))
-    for row in rows:
-        print("  ".join(f"{row[column]!s:>20}" for column in columns))
+    print_table(columns, rows)
     return 0 if all(row["errors"] == 0 for row in rows) else 1
 
 

@@ -6,9 +6,10 @@ import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -67,3 +68,10 @@ async def ledger_with_two_accounts(client: httpx.AsyncClient, root: str) -> dict
     await client.post("/v1/accounts", json=source, headers=headers)
     await client.post("/v1/accounts", json={"id": "sink", "currency": "USD"}, headers=headers)
     return headers
+
+
+def print_table(columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> None:
+    """The benches' table: one right-aligned column of 20 characters per field."""
+    print("  ".join(f"{column:>20}" for column in columns))
+    for row in rows:
+        print("  ".join(f"{row[column]!s:>20}" for column in columns))

@@ -19,19 +19,18 @@ served stale only when no database can answer (ADR 0027).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from datetime import UTC, datetime
 
 from tally.cache.entries import Entry, account_order, decode_account, encode_account, readable
 from tally.cache.guarded import FAILED, GuardedCache
 from tally.cache.loading import WAIT_STEP, LoadLock, SingleFlight, waits
+from tally.cache.policy import Policy, look_up
 from tally.domain.accounts import Account
 from tally.domain.errors import Unavailable
 from tally.services.accounts import account_snapshot
 from tally.services.consistency import Consistency, lagging, read_intent, report_lagging
 from tally.services.ports import Committed, Database
 
-ResultCounter = Callable[[str, str], None]  # (cache name, result)
 _WRITES_IN_FLIGHT = 16  # concurrent cache writes of one commit (a batch changes many accounts)
 
 
@@ -39,24 +38,15 @@ class AccountCache:
     name = "accounts"
 
     def __init__(
-        self,
-        cache: GuardedCache,
-        database: Database,
-        *,
-        ttl: float,
-        stale: float,
-        count: ResultCounter,
-        shared: bool,
-        max_lag: float,
-        clock: Callable[[], float],
+        self, cache: GuardedCache, database: Database, policy: Policy, *, shared: bool, max_lag: float
     ) -> None:
         self._cache = cache
         self._database = database
-        self._ttl = ttl
-        self._keep = ttl + stale  # how long the backend keeps an entry
-        self._count = count
+        self._ttl = policy.ttl
+        self._keep = policy.keep
+        self._count = policy.count
         self._max_lag = max_lag
-        self._clock = clock
+        self._clock = policy.clock
         self._flight: SingleFlight[tuple[Account, datetime]] = SingleFlight()
         self._lock = LoadLock(cache) if shared else None
 
@@ -75,10 +65,7 @@ class AccountCache:
             snapshot = await account_snapshot(self._database, ledger_id, account_id)
             return snapshot.account, snapshot.at
         key = self.key(ledger_id, account_id)
-        # A write of this account that has not reached the cache yet: what it holds may be older,
-        # so the database answers (counted as an error: the backend's failure is why).
-        raw = FAILED if self._cache.unsure(key) else await self._cache.get(key)
-        entry = readable(decode_account, raw)
+        raw, entry = await look_up(self._cache, key, decode_account)
         usable = entry is not None and self._covers(entry, intent.token)
         now = self._clock()
         if entry is not None and usable and now < entry.fresh_until:

@@ -26,6 +26,7 @@ from tally.cache.factory import open_cache, open_channel
 from tally.cache.guarded import CacheHealth, CacheObserver, GuardedCache
 from tally.cache.invalidation import OutboxInvalidation, RedisInvalidation
 from tally.cache.keys import KeyCache
+from tally.cache.policy import Policy
 from tally.cache.write_through import WriteThrough
 from tally.config import Settings
 from tally.services.cache_ports import Cache
@@ -114,14 +115,11 @@ def build_caches(
     accounts = AccountCache(
         guarded("accounts"),
         database,
-        ttl=ttl,
-        stale=stale,
-        count=count,
+        Policy(ttl, stale, count, clock),
         shared=backend != "memory",
         max_lag=settings.replica_max_lag_ms / 1000,
-        clock=clock,
     )
-    keys = KeyCache(guarded("api_keys"), database, ttl=key_ttl, stale=stale, count=count, clock=clock)
+    keys = KeyCache(guarded("api_keys"), database, Policy(key_ttl, stale, count, clock))
     database.listen_to_commits(WriteThrough(accounts, keys, invalidation))
     return Caches(cache, accounts, keys, invalidation, made)
 

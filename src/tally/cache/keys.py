@@ -13,40 +13,31 @@ When no database answers, a cached key (revoked or not) still authenticates its 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-from tally.cache.entries import Entry, decode_key, encode_key, key_order, readable
+from tally.cache.entries import Entry, decode_key, encode_key, key_order
 from tally.cache.guarded import FAILED, GuardedCache
 from tally.cache.loading import SingleFlight
+from tally.cache.policy import Policy, look_up
 from tally.domain.errors import Unavailable
 from tally.domain.keys import ApiKey
 from tally.services.consistency import lagging
 from tally.services.ledgers import find_key
 from tally.services.ports import Database
 
-ResultCounter = Callable[[str, str], None]
 REVOKED = 1  # key_order of a revoked key
 
 
 class KeyCache:
     name = "api_keys"
 
-    def __init__(
-        self,
-        cache: GuardedCache,
-        database: Database,
-        *,
-        ttl: float,
-        stale: float,
-        count: ResultCounter,
-        clock: Callable[[], float],
-    ) -> None:
+    def __init__(self, cache: GuardedCache, database: Database, policy: Policy) -> None:
         self._cache = cache
         self._database = database
-        self._ttl = ttl
-        self._keep = ttl + stale
-        self._count = count
-        self._clock = clock
+        self._ttl = policy.ttl
+        self._keep = policy.keep
+        self._count = policy.count
+        self._clock = policy.clock
         self._flight: SingleFlight[ApiKey | None] = SingleFlight()
 
     @staticmethod
@@ -57,8 +48,7 @@ class KeyCache:
         if self._ttl <= 0:
             return await find_key(self._database, secret_hash)
         key = self.key(secret_hash)
-        raw = FAILED if self._cache.unsure(key) else await self._cache.get(key)  # a revocation not landed
-        entry = readable(decode_key, raw)
+        raw, entry = await look_up(self._cache, key, decode_key)  # unsure: a revocation not landed
         if entry is not None and self._clock() < entry.fresh_until:
             self._count(self.name, "hit")
             return entry.item
