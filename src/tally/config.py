@@ -129,8 +129,7 @@ class Settings(BaseSettings):
     cache_invalidation: str | None = Field(
         default=None,
         description="How in-process caches of several processes hear of changes: redis://host:port "
-        "(pub/sub), outbox (poll the event feed) or off; default outbox for memory:// with several "
-        "workers or PostgreSQL, off otherwise.",
+        "(pub/sub), outbox (poll the event feed) or off; default outbox for memory://, off otherwise.",
     )
     cache_invalidation_poll_ms: int = Field(
         default=200, ge=10, description="How often the outbox invalidation reads the event feed."

@@ -63,6 +63,7 @@ async def client(tmp_path: Path, cache: str) -> AsyncIterator[httpx.AsyncClient]
         hold_sweep_seconds=3600.0,
         key_usage_flush_ms=600_000,  # no background statements between two looks at the metrics
         worker_enabled=False,
+        cache_invalidation="off",  # one process: no feed reads between two looks at the metrics
     )
     async with plain_asgi_client(settings) as c:
         yield c

@@ -8,9 +8,9 @@
 | postings, transfers, entries | never cached: money is read from the database | — |
 
 The invalidation channel is ``TALLY_CACHE_INVALIDATION``: ``redis://…`` (pub/sub), ``outbox``
-(the event feed) or ``off``. By default: ``outbox`` for an in-process cache when other processes
-may write the same database (``--workers`` above 1, or PostgreSQL); ``off`` for one process on
-SQLite, and for Redis or Memcached, which every process shares.
+(the event feed) or ``off``. By default: ``outbox`` for an in-process cache (a ``tally worker``,
+another worker or another host may write the same database), ``off`` for Redis or Memcached,
+which every process shares.
 """
 
 from __future__ import annotations
@@ -128,10 +128,10 @@ def _channel(settings: Settings, backend: str) -> str | None:
     """``outbox``, a Redis URL, or ``None`` (no channel)."""
     chosen = settings.cache_invalidation
     if chosen is None:
-        # In-process caches of several processes: `serve --workers N`, or any PostgreSQL
-        # deployment (where more processes are the point). One process on SQLite needs none.
-        several = settings.workers > 1 or not settings.database_url.startswith("sqlite")
-        return "outbox" if backend == "memory" and several else None
+        # Another process may write the same database (`tally worker`, `--workers N`, another
+        # host), and nothing tells this one: an in-process cache follows the feed. Cheap: one
+        # indexed read per interval.
+        return "outbox" if backend == "memory" else None
     if chosen.lower() == "off":
         return None
     if chosen.lower() == "outbox":
