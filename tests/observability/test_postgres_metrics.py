@@ -17,7 +17,13 @@ async def test_statements_pools_and_replication_are_measured_on_postgresql(tmp_p
     require_postgres()
     BACKENDS.name = "postgresql"
     try:
-        settings = settings_for(tmp_path, pool_size=4, replica_pool_size=3, replica_check_ms=20)
+        settings = settings_for(
+            tmp_path,
+            pool_size=4,
+            replica_pool_size=3,
+            replica_check_ms=20,
+            cache_invalidation="off",  # no background read holding a connection at the scrape
+        )
         async with asgi_client(settings) as client:
             ledger = await new_ledger(client)
             await _traffic(client, ledger)
