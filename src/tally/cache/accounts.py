@@ -132,7 +132,7 @@ class AccountCache:
         now = self._clock()
         # A replica within its lag bound is as good as the primary here: the version keeps an
         # older state from replacing a newer one. One further behind (the primary down) is not
-        # spread: its answers stay labelled stale, and a cache hit would not be.
+        # cached: its state would pass for fresh for a whole TTL after the primary is back.
         replica = lagging()
         as_of = now if replica is None else replica.timestamp()
         if now - as_of <= self._max_lag:
