@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from tally.cache.entries import Entry, account_order, decode_account, encode_account, readable
 from tally.cache.guarded import FAILED, GuardedCache
 from tally.cache.loading import WAIT_STEP, LoadLock, SingleFlight, waits
-from tally.cache.policy import Policy, look_up
+from tally.cache.policy import EntryPolicy, look_up
 from tally.domain.accounts import Account
 from tally.domain.errors import Unavailable
 from tally.services.accounts import account_snapshot
@@ -38,7 +38,7 @@ class AccountCache:
     name = "accounts"
 
     def __init__(
-        self, cache: GuardedCache, database: Database, policy: Policy, *, shared: bool, max_lag: float
+        self, cache: GuardedCache, database: Database, policy: EntryPolicy, *, shared: bool, max_lag: float
     ) -> None:
         self._cache = cache
         self._database = database

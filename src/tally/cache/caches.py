@@ -26,7 +26,7 @@ from tally.cache.factory import open_cache, open_channel
 from tally.cache.guarded import CacheHealth, CacheObserver, GuardedCache
 from tally.cache.invalidation import OutboxInvalidation, RedisInvalidation
 from tally.cache.keys import KeyCache
-from tally.cache.policy import Policy
+from tally.cache.policy import EntryPolicy
 from tally.cache.write_through import WriteThrough
 from tally.config import Settings
 from tally.services.cache_ports import Cache
@@ -115,11 +115,11 @@ def build_caches(
     accounts = AccountCache(
         guarded("accounts"),
         database,
-        Policy(ttl, stale, count, clock),
+        EntryPolicy(ttl, stale, count, clock),
         shared=backend != "memory",
         max_lag=settings.replica_max_lag_ms / 1000,
     )
-    keys = KeyCache(guarded("api_keys"), database, Policy(key_ttl, stale, count, clock))
+    keys = KeyCache(guarded("api_keys"), database, EntryPolicy(key_ttl, stale, count, clock))
     database.listen_to_commits(WriteThrough(accounts, keys, invalidation))
     return Caches(cache, accounts, keys, invalidation, made)
 

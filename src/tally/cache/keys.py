@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from tally.cache.entries import Entry, decode_key, encode_key, key_order
 from tally.cache.guarded import FAILED, GuardedCache
 from tally.cache.loading import SingleFlight
-from tally.cache.policy import Policy, look_up
+from tally.cache.policy import EntryPolicy, look_up
 from tally.domain.errors import Unavailable
 from tally.domain.keys import ApiKey
 from tally.services.consistency import lagging
@@ -31,7 +31,7 @@ REVOKED = 1  # key_order of a revoked key
 class KeyCache:
     name = "api_keys"
 
-    def __init__(self, cache: GuardedCache, database: Database, policy: Policy) -> None:
+    def __init__(self, cache: GuardedCache, database: Database, policy: EntryPolicy) -> None:
         self._cache = cache
         self._database = database
         self._ttl = policy.ttl

@@ -15,7 +15,7 @@ ResultCounter = Callable[[str, str], None]  # (cache name, result)
 
 
 @dataclass(frozen=True, slots=True)
-class Policy:
+class EntryPolicy:
     ttl: float  # seconds an entry is fresh (0: no cache)
     stale: float  # seconds past freshness the backend keeps it, for stale-if-error
     count: ResultCounter
