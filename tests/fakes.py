@@ -42,6 +42,7 @@ from tally.services.ports import (
 
 if TYPE_CHECKING:
     from tally.services.batch_ports import TransferBatchRepository
+    from tally.services.job_run_ports import JobRunRepository
     from tally.services.ports import Database, Transaction
     from tally.services.queue_ports import InboxRepository, JobRepository
     from tally.services.webhook_ports import DeliveryRepository, WebhookRepository
@@ -87,6 +88,7 @@ class State:
     key_usage: dict[tuple[str, str], int] = field(default_factory=dict)
     entries: list[Entry] = field(default_factory=list)
     idempotency: dict[tuple[str, str], IdempotencyRecord] = field(default_factory=dict)
+    keep_until: dict[tuple[str, str], datetime] = field(default_factory=dict)
     events: list[StoredEvent] = field(default_factory=list)
     instance: dict[str, bytes] = field(default_factory=dict)
     consumers: dict[str, FeedPosition] = field(default_factory=dict)
@@ -339,6 +341,17 @@ class FakeIdempotencyRepository(_Repository):
             raise ValueError(f"duplicate idempotency key {slot}")  # the SQL primary key
         self._written()
         self._state.idempotency[slot] = record
+        self._state.keep_until[slot] = keep_until
+
+    async def count_expired(self, before: datetime) -> int:
+        return sum(1 for until in self._state.keep_until.values() if until < before)
+
+    async def purge(self, before: datetime, limit: int) -> int:
+        expired = sorted((until, slot) for slot, until in self._state.keep_until.items() if until < before)
+        for _, slot in expired[:limit]:
+            self._written()
+            del self._state.idempotency[slot], self._state.keep_until[slot]
+        return len(expired[:limit])
 
 
 class FakeEventRepository(_Repository):
@@ -394,8 +407,9 @@ class FakeEventRepository(_Repository):
 
 
 class NoQueue:
-    """The fake database has no job queue, inbox, webhooks or queued batches: the use cases of
-    those are tested on SQLite and PostgreSQL (tests/integration, tests/api). Any use fails loudly."""
+    """The fake database has no job queue, inbox, webhooks, queued batches or batch job runs: the use
+    cases of those are tested on SQLite and PostgreSQL (tests/integration, tests/api). Any use fails
+    loudly."""
 
     def __init__(self, name: str) -> None:
         self._name = name
@@ -438,6 +452,7 @@ class FakeTransaction:
         self.webhooks = cast("WebhookRepository", NoQueue("webhooks"))
         self.deliveries = cast("DeliveryRepository", NoQueue("deliveries"))
         self.batches = cast("TransferBatchRepository", NoQueue("batches"))
+        self.job_runs = cast("JobRunRepository", NoQueue("job_runs"))
 
     @property
     def wrote(self) -> bool:

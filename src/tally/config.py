@@ -91,6 +91,22 @@ class Settings(BaseSettings):
         ge=100,
         description="How long a worker's claim on a batch job lasts; after it, another worker may take it.",
     )
+    # Batch jobs (ADR 0032): `tally jobs run NAME`, and the scheduler where the workers run.
+    job_schedule: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["statements", "reconcile", "expire-holds", "purge-idempotency-keys"],
+        description="Comma-separated batch jobs the workers run when due ('off': none).",
+    )
+    job_schedule_seconds: float = Field(
+        default=30.0, gt=0, description="How often the scheduler looks for due batch-job periods."
+    )
+    job_run_lease_ms: int = Field(
+        default=30_000,
+        ge=100,
+        description="How long a batch-job run stays claimed without a step; then a runner may take it over.",
+    )
+    job_batch_size: int = Field(
+        default=1000, ge=1, le=100_000, description="Units per step (one transaction) of a batch job."
+    )
     ops_token: SecretStr | None = Field(
         default=None,
         description="When set, GET /metrics and /dashboard need it as a Bearer token (at least 16 chars).",
@@ -186,6 +202,14 @@ class Settings(BaseSettings):
     def _split_replica_urls(cls, value: object) -> object:
         if isinstance(value, str):
             return [url.strip() for url in value.split(",") if url.strip()]
+        return value
+
+    @field_validator("job_schedule", mode="before")
+    @classmethod
+    def _split_job_schedule(cls, value: object) -> object:
+        if isinstance(value, str):
+            names = [name.strip() for name in value.split(",") if name.strip()]
+            return [] if names == ["off"] else names
         return value
 
     @field_validator("root_key")

@@ -23,6 +23,7 @@ from tally.domain.transfers import Transfer, TransferStatus
 
 if TYPE_CHECKING:
     from tally.services.batch_ports import TransferBatchRepository
+    from tally.services.job_run_ports import JobRunRepository
     from tally.services.queue_ports import InboxRepository, JobRepository
     from tally.services.webhook_ports import DeliveryRepository, WebhookRepository
 
@@ -240,6 +241,15 @@ class IdempotencyRepository(Protocol):
     async def get(self, ledger_id: str, key: str) -> IdempotencyRecord | None: ...
     async def add(self, record: IdempotencyRecord, *, keep_until: datetime) -> None: ...
 
+    async def count_expired(self, before: datetime) -> int:
+        """How many records have a ``keep_until`` before ``before``."""
+        ...
+
+    async def purge(self, before: datetime, limit: int) -> int:
+        """Delete up to ``limit`` records whose ``keep_until`` is before ``before``, oldest first;
+        how many."""
+        ...
+
 
 @dataclass(frozen=True, slots=True, order=True)
 class FeedPosition:
@@ -336,6 +346,7 @@ class Transaction(Protocol):
     idempotency: IdempotencyRepository
     events: EventRepository
     instance: InstanceRepository
+    job_runs: JobRunRepository
 
     @property
     def wrote(self) -> bool:

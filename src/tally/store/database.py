@@ -13,6 +13,7 @@ from datetime import datetime
 from tally.domain.accounts import Account
 from tally.domain.errors import TransientConflict
 from tally.services.batch_ports import TransferBatchRepository
+from tally.services.job_run_ports import JobRunRepository
 from tally.services.ports import (
     AccountRepository,
     ApiKeyRepository,
@@ -34,6 +35,7 @@ from tally.store.repositories.batches import SqlTransferBatchRepository
 from tally.store.repositories.entries import SqlEntryRepository, SqlIdempotencyRepository
 from tally.store.repositories.events import SqlEventRepository
 from tally.store.repositories.holds import SqlHoldRepository
+from tally.store.repositories.job_runs import SqlJobRunRepository
 from tally.store.repositories.jobs import SqlInboxRepository, SqlJobRepository
 from tally.store.repositories.ledgers import (
     SqlApiKeyRepository,
@@ -71,6 +73,7 @@ class SqlTransaction:
         self.webhooks: WebhookRepository = SqlWebhookRepository(conn, self)
         self.deliveries: DeliveryRepository = SqlDeliveryRepository(conn, self)
         self.batches: TransferBatchRepository = SqlTransferBatchRepository(conn, self)
+        self.job_runs: JobRunRepository = SqlJobRunRepository(conn, self)
 
     @property
     def wrote(self) -> bool:

@@ -252,6 +252,29 @@ jobs = Table(
     sqlite_strict=True,
 )
 
+# Batch job runs (ADR 0032): one row per (job, period), so each period of a job is claimed once. A
+# step writes its checkpoint and ``done`` in the transaction of its effect; ``attempts`` counts claims
+# and takeovers and fences every step; a running run whose ``lease_until`` passed may be taken over.
+job_runs = Table(
+    "job_runs",
+    metadata,
+    Column("job", Text, primary_key=True),
+    Column("period", Text, primary_key=True),
+    Column("status", Text, nullable=False),  # running | finished
+    Column("checkpoint", Text),  # JSON: where the next step starts; null before the first step
+    Column("result", Text),  # JSON: the last step's state, once finished
+    Column("done", Int64, nullable=False),
+    Column("total", Int64),  # the units expected when first claimed; null when unknown
+    Column("owner", Text, nullable=False),  # host:pid:random of the runner holding the claim
+    Column("lease_until", Int64, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("started_at", Int64, nullable=False),
+    Column("updated_at", Int64, nullable=False),
+    Column("finished_at", Int64),
+    CheckConstraint("status IN ('running', 'finished')", name="status"),
+    sqlite_strict=True,
+)
+
 # Idempotent consumers: a message a consumer has handled, written in the transaction of its effect.
 inbox = Table(
     "inbox",

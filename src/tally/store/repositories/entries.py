@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select
+from sqlalchemy import bindparam, delete, func, insert, select, tuple_
 
 from tally.domain.accounts import Balance, Direction, EntryKind
 from tally.services.ports import (
@@ -126,3 +126,21 @@ class SqlIdempotencyRepository(SqlRepository):
                 "keep_until": to_micros(keep_until),
             },
         )
+
+    async def count_expired(self, before: datetime) -> int:
+        query = select(func.count()).select_from(_k).where(_k.c.keep_until < to_micros(before))
+        return int((await self._conn.execute(query)).scalar_one())
+
+    async def purge(self, before: datetime, limit: int) -> int:
+        # The oldest first through the keep_until index; the key pairs, not a range, are deleted, so
+        # the statement touches exactly the rows the bounded select found.
+        self._tx.mark_written()
+        expired = (
+            select(_k.c.ledger_id, _k.c.key)
+            .where(_k.c.keep_until < to_micros(before))
+            .order_by(_k.c.keep_until)
+            .limit(limit)
+        )
+        statement = delete(_k).where(tuple_(_k.c.ledger_id, _k.c.key).in_(expired))
+        result = await self._conn.execute(statement)
+        return int(result.rowcount)  # type: ignore[attr-defined]

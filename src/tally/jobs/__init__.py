@@ -1,0 +1,1 @@
+"""Batch jobs: resumable, idempotent runs per period (statements, reconciliation, expiry, key purge)."""
