@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     breaker_cooldown_ms: int = Field(
         default=1000, ge=10, description="After the primary fails, writes fail fast for this long (doubling)."
     )
+    migration_lock_timeout_ms: int = Field(
+        default=2000, ge=1, description="Longest wait of a migration for each lock; then it retries later."
+    )
     root_key: SecretStr | None = Field(
         default=None,
         description="The root key; generated and printed once at first start if unset.",
