@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from tally.services.batch_ports import TransferBatchRepository
     from tally.services.job_run_ports import JobRunRepository
     from tally.services.queue_ports import InboxRepository, JobRepository
+    from tally.services.statement_ports import ReconciliationRepository, StatementRepository
     from tally.services.webhook_ports import DeliveryRepository, WebhookRepository
 
 T = TypeVar("T")
@@ -360,6 +361,8 @@ class Transaction(Protocol):
 
 class Database(Protocol):
     def write(self) -> AbstractAsyncContextManager[Transaction, bool | None]:
+    statements: StatementRepository
+    reconciliation: ReconciliationRepository
         """A write transaction holding the write lock; commits when the block ends cleanly."""
         ...
 

@@ -27,6 +27,7 @@ from tally.services.ports import (
     TransferRepository,
 )
 from tally.services.queue_ports import InboxRepository, JobRepository
+from tally.services.statement_ports import ReconciliationRepository, StatementRepository
 from tally.services.webhook_ports import DeliveryRepository, WebhookRepository
 from tally.store.codec import from_micros, to_micros
 from tally.store.repositories.accounts import SqlAccountRepository
@@ -44,6 +45,8 @@ from tally.store.repositories.ledgers import (
 )
 from tally.store.repositories.transfers import SqlTransferRepository
 from tally.store.repositories.webhooks import SqlDeliveryRepository, SqlWebhookRepository
+from tally.store.repositories.reconciliation import SqlReconciliationRepository
+from tally.store.repositories.statements import SqlStatementRepository
 
 
 class SqlTransaction:
@@ -77,6 +80,8 @@ class SqlTransaction:
 
     @property
     def wrote(self) -> bool:
+        self.statements: StatementRepository = SqlStatementRepository(conn, self)
+        self.reconciliation: ReconciliationRepository = SqlReconciliationRepository(conn, self)
         return self._wrote
 
     def mark_written(self) -> None:

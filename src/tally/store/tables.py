@@ -180,6 +180,7 @@ holds = Table(
     "holds",
     metadata,
     Column("transfer_pk", Int64, ForeignKey("transfers.pk"), primary_key=True),
+    Index(None, "created_at", "account_pk"),  # the accounts with entries on a day (statements job)
     Column("account_pk", Int64, ForeignKey("accounts.pk"), primary_key=True),
     Column("direction", Text, nullable=False),
     Column("amount", Int64, nullable=False),
@@ -359,5 +360,22 @@ transfer_batches = Table(
     Column("completed_at", Int64),
     CheckConstraint("status IN ('queued', 'processing', 'completed', 'failed')", name="status"),
     Index(None, "ledger_id", "pk"),
+    sqlite_strict=True,
+)
+
+# One account's postings on one UTC day, written by the ``statements`` batch job (ADR 0033): the
+# posted balance at the day's start and end, the sums of its debits and credits, and their number.
+# Written once per (account, day): a second insert is an error, never an update.
+statements = Table(
+    "statements",
+    metadata,
+    Column("account_pk", Int64, ForeignKey("accounts.pk"), primary_key=True),
+    Column("day", Text, primary_key=True),  # YYYY-MM-DD, UTC
+    Column("opening_balance", Int64, nullable=False),
+    Column("closing_balance", Int64, nullable=False),
+    Column("debits", Int64, nullable=False),
+    Column("credits", Int64, nullable=False),
+    Column("postings", Int64, nullable=False),
+    CheckConstraint("debits >= 0 AND credits >= 0 AND postings > 0", name="sums"),
     sqlite_strict=True,
 )
