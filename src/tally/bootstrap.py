@@ -19,6 +19,7 @@ from tally.cache.caches import build_caches
 from tally.cache.rate_limits import DecisionCounter, build_rate_limiter
 from tally.config import Settings
 from tally.domain.errors import Unavailable
+from tally.jobs.scheduler import Scheduler, scheduler_from
 from tally.observability.context import set_job
 from tally.observability.logging import configure_logging, get_logger
 from tally.observability.telemetry import Telemetry
@@ -61,6 +62,7 @@ class Tally:
         self._flusher: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._sampler: asyncio.Task[None] | None = None
+        self._scheduler: Scheduler | None = None  # batch jobs (ADR 0032), where the workers run
         self._working = False
         self.key_usage = KeyUsage(max_keys=settings.key_usage_max_keys)
         cache_metrics = self.telemetry.caches if self.telemetry else None
@@ -106,6 +108,9 @@ class Tally:
         if self._working:
             self.worker.start()
             self.webhooks.dispatcher.start()
+            self._scheduler = scheduler_from(self.settings, self.database)
+            if self._scheduler is not None:
+                self._scheduler.start()
         _log.info("started", database=self.database.url.render_as_string(hide_password=True))
         # What start made (the app, engines, compiled statements, modules) lives as long as the
         # process: kept out of the collector's sight, a full collection no longer walks it, and the
@@ -180,6 +185,9 @@ class Tally:
             await asyncio.sleep(QUEUE_SAMPLE_SECONDS)
 
     async def stop(self) -> None:
+        if self._scheduler is not None:
+            await self._scheduler.stop()  # a run ends after its step, its checkpoint kept
+            self._scheduler = None
         if self._working:
             await self.webhooks.dispatcher.stop()
             await self.worker.stop(self.settings.worker_shutdown_grace_ms / 1000)

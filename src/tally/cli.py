@@ -1,4 +1,4 @@
-"""``tally serve | worker | queue | keygen | openapi``: the command line."""
+"""``tally serve | worker | queue | jobs | keygen | openapi``: the command line."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any
 
 from tally.config import Settings
 from tally.domain.keys import new_secret
+from tally.jobs_commands import add_jobs_commands, run_jobs_command
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -34,6 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     redrive.add_argument("--limit", type=int, default=1000, help="at most this many jobs (default 1000)")
     commands.add_parser("keygen", help="print a fresh root key for TALLY_ROOT_KEY")
     commands.add_parser("openapi", help="print the OpenAPI document")
+    add_jobs_commands(commands)
     args = parser.parse_args(argv)
 
     if args.command == "keygen":
@@ -49,6 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _work(args)
     if args.command == "queue":
         return _queue(args)
+    if args.command == "jobs":
+        return run_jobs_command(args)
     return _serve(args)
 
 

@@ -47,7 +47,11 @@ class Step:
 class BatchJob(Protocol):
     name: str  # "statements", "reconcile", "expire-holds", "purge-idempotency-keys"
     unit: str  # progress label, e.g. "accounts", "holds", "keys"
-    schedule: Schedule
+
+    @property
+    def schedule(self) -> Schedule | None:
+        """When the job is due (a class attribute does); ``None``: run on demand only, never scheduled."""
+        ...
 
     def period(self, text: str | None, now: datetime) -> str:
         """Validate/normalise --period; the default (text None) is the period due at `now`.
