@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tally.config import Settings
+from tally.db_commands import add_db_commands, run_db_command, schema_refusal
 from tally.domain.keys import new_secret
 from tally.jobs_commands import add_jobs_commands, run_jobs_command
 
@@ -35,6 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     redrive.add_argument("--limit", type=int, default=1000, help="at most this many jobs (default 1000)")
     commands.add_parser("keygen", help="print a fresh root key for TALLY_ROOT_KEY")
     commands.add_parser("openapi", help="print the OpenAPI document")
+    add_db_commands(commands)
     add_jobs_commands(commands)
     args = parser.parse_args(argv)
 
@@ -51,6 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _work(args)
     if args.command == "queue":
         return _queue(args)
+    if args.command == "db":
+        return run_db_command(args)
     if args.command == "jobs":
         return run_jobs_command(args)
     return _serve(args)
@@ -133,6 +137,9 @@ def _serve(args: argparse.Namespace) -> int:
         if value is not None
     }
     settings = Settings(**overrides)
+    if (refusal := schema_refusal(settings.database_url)) is not None:  # one line, not a traceback
+        print(f"tally serve: {refusal}", file=sys.stderr)
+        return 1
     server: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,

@@ -61,3 +61,10 @@ def _drop_if_invalid(name: str, schema: str | None) -> None:
     valid = bind.execute(_VALIDITY, {"name": qualified}).scalar()
     if valid is False:
         bind.exec_driver_sql(f"DROP INDEX CONCURRENTLY IF EXISTS {qualified}")
+
+
+class MigrationRefused(RuntimeError):
+    """A revision will not run yet (a backfill has not finished...); the message says what to do first.
+
+    ``tally db`` prints the message alone, without a traceback, and exits with status 1.
+    """

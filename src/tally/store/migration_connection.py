@@ -16,6 +16,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, create_engine, event, text
@@ -91,7 +92,7 @@ async def on_migration_connection(
     """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        return await asyncio.to_thread(_on_sqlite, parsed, work, lock_timeout_ms)
+        return await asyncio.to_thread(_on_sqlite, parsed, work, lock_timeout_ms, exclusive)
     engine = create_async_engine(
         parsed.set(drivername="postgresql+psycopg"),
         poolclass=NullPool,
@@ -132,7 +133,9 @@ def _bound_waits(conn: Connection | None, lock_timeout_ms: int) -> None:
         begun.exec_driver_sql(f"SET {scope} statement_timeout = 0")
 
 
-def _on_sqlite(url: URL, work: Callable[[Connection], T], lock_timeout_ms: int) -> T:
+def _on_sqlite(url: URL, work: Callable[[Connection], T], lock_timeout_ms: int, exclusive: bool) -> T:
+    if exclusive and url.database not in (None, "", ":memory:"):
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)  # as the adapter's start does
     engine = create_engine(url.set(drivername="sqlite+pysqlite"), poolclass=NullPool)
 
     @event.listens_for(engine, "connect")
@@ -146,7 +149,8 @@ def _on_sqlite(url: URL, work: Callable[[Connection], T], lock_timeout_ms: int) 
 
     @event.listens_for(engine, "begin")
     def on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock first: no deadlock on upgrade
+        # A migration takes the write lock first: a read lock upgraded later could deadlock.
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if exclusive else "BEGIN")
 
     try:
         with engine.connect() as conn:
