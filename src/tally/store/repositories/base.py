@@ -11,6 +11,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from tally.domain.accounts import Account
 from tally.services.ports import Page
+from tally.store.balance_shape import BalanceShape
 
 R = TypeVar("R")
 T = TypeVar("T")
@@ -31,6 +32,7 @@ class SqlConnection(Protocol):
 
 class WriteTracker(Protocol):
     revoked_keys: list[bytes]  # secret hashes of keys this transaction revoked
+    balance_shape: BalanceShape  # where account balances live in this schema (ADR 0034)
 
     def mark_written(self) -> None: ...
     def changed(self, accounts: Iterable[Account]) -> None: ...
