@@ -163,6 +163,20 @@ class AccountRepository(Protocol):
         limit: int,
     ) -> Page[Account]: ...
 
+    async def scan(self, after_pk: int | None, limit: int) -> list[Account]:
+        """Up to ``limit`` accounts of every ledger, in ``pk`` order after ``after_pk`` (batch jobs)."""
+        ...
+
+    async def count(self) -> int:
+        """How many accounts there are, in every ledger."""
+        ...
+
+    async def backfill_balances(self, after_pk: int | None, limit: int) -> tuple[int, int | None]:
+        """Copy balances of up to ``limit`` accounts after ``after_pk`` into their new table, leaving
+        rows already there; return (accounts visited, the last pk visited or ``None`` when done).
+        Only meaningful while the schema is expanded (ADR 0034)."""
+        ...
+
 
 class TransferRepository(Protocol):
     async def add(
@@ -347,6 +361,8 @@ class Transaction(Protocol):
     idempotency: IdempotencyRepository
     events: EventRepository
     instance: InstanceRepository
+    statements: StatementRepository
+    reconciliation: ReconciliationRepository
     job_runs: JobRunRepository
 
     @property
@@ -361,8 +377,6 @@ class Transaction(Protocol):
 
 class Database(Protocol):
     def write(self) -> AbstractAsyncContextManager[Transaction, bool | None]:
-    statements: StatementRepository
-    reconciliation: ReconciliationRepository
         """A write transaction holding the write lock; commits when the block ends cleanly."""
         ...
 

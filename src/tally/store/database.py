@@ -29,6 +29,7 @@ from tally.services.ports import (
 from tally.services.queue_ports import InboxRepository, JobRepository
 from tally.services.statement_ports import ReconciliationRepository, StatementRepository
 from tally.services.webhook_ports import DeliveryRepository, WebhookRepository
+from tally.store.balance_shape import BalanceShape
 from tally.store.codec import from_micros, to_micros
 from tally.store.repositories.accounts import SqlAccountRepository
 from tally.store.repositories.base import SqlConnection
@@ -44,16 +45,19 @@ from tally.store.repositories.ledgers import (
     SqlLedgerRepository,
 )
 from tally.store.repositories.transfers import SqlTransferRepository
-from tally.store.repositories.webhooks import SqlDeliveryRepository, SqlWebhookRepository
 from tally.store.repositories.reconciliation import SqlReconciliationRepository
 from tally.store.repositories.statements import SqlStatementRepository
+from tally.store.repositories.webhooks import SqlDeliveryRepository, SqlWebhookRepository
 
 
 class SqlTransaction:
     """The unit of work of one database transaction (implements ``services.ports.Transaction``)."""
 
-    def __init__(self, conn: SqlConnection, now: Callable[[], Awaitable[int]]) -> None:
+    def __init__(
+        self, conn: SqlConnection, now: Callable[[], Awaitable[int]], shape: BalanceShape | None = None
+    ) -> None:
         self.connection = conn  # for statements outside the repositories (jobs, plan checks)
+        self.balance_shape = shape or BalanceShape()  # the adapter's view of the schema (ADR 0034)
         self._now = now
         self._at: datetime | None = None
         self._wrote = False
@@ -76,12 +80,12 @@ class SqlTransaction:
         self.webhooks: WebhookRepository = SqlWebhookRepository(conn, self)
         self.deliveries: DeliveryRepository = SqlDeliveryRepository(conn, self)
         self.batches: TransferBatchRepository = SqlTransferBatchRepository(conn, self)
+        self.statements: StatementRepository = SqlStatementRepository(conn, self)
+        self.reconciliation: ReconciliationRepository = SqlReconciliationRepository(conn, self)
         self.job_runs: JobRunRepository = SqlJobRunRepository(conn, self)
 
     @property
     def wrote(self) -> bool:
-        self.statements: StatementRepository = SqlStatementRepository(conn, self)
-        self.reconciliation: ReconciliationRepository = SqlReconciliationRepository(conn, self)
         return self._wrote
 
     def mark_written(self) -> None:

@@ -32,6 +32,7 @@ from tally.domain.errors import DeadlineExceeded, Unavailable, ValidationFailed
 from tally.services.consistency import Consistency, read_intent, report_lagging
 from tally.services.deadline import current_deadline, remaining
 from tally.services.ports import CommitListener
+from tally.store.balance_shape import BalanceShape, keep_looking
 from tally.store.breaker import Breaker
 from tally.store.database import SqlTransaction
 from tally.store.instrumentation import ConnectionObserver, Unobserved
@@ -121,8 +122,13 @@ class PostgresDatabase:
         lock_wait_seconds: float = 10.0,
         breaker: Breaker | None = None,
         observer: ConnectionObserver | None = None,
+        schema_check_seconds: float = 1.0,
     ) -> None:
         self.url = make_url(url).set(drivername="postgresql+psycopg")
+        # Where account balances live while their move ships; looked at again every few seconds.
+        self.balance_shape = BalanceShape()
+        self._schema_check = schema_check_seconds
+        self._looking: asyncio.Task[None] | None = None
         self._observer: ConnectionObserver = observer or Unobserved()
         self._lock_wait = lock_wait_seconds
         self._max_lag = max_lag_seconds
@@ -172,12 +178,25 @@ class PostgresDatabase:
                 await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
                 await conn.run_sync(ensure_schema)  # an empty database gets the schema; any other, a check
                 self._position = parse_lsn((await conn.execute(_LSN)).scalar_one())
+        with translated("primary"):
+            await self._look_at_schema()
+        self._looking = asyncio.create_task(
+            keep_looking(self._look_at_schema, self._schema_check), name="tally-schema-check"
+        )
         if self._replicas:
             await self._monitor.sample()
             self._monitor.start()
         self.wakeups.listen(libpq_dsn(self.url))
 
+    async def _look_at_schema(self) -> None:
+        async with self._primary.engine.connect() as conn:
+            await self.balance_shape.look(conn)
+
     async def stop(self) -> None:
+        if self._looking is not None:
+            self._looking.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._looking
         await self.wakeups.stop()
         await self._monitor.stop()
         for pool in (self._primary, *(pool for pool, _ in self._replicas)):
@@ -238,7 +257,7 @@ class PostgresDatabase:
         try:
             async with self._primary.connection(self._lock_wait) as conn, self._transaction(conn, "primary"):
                 await conn.execute(_TIMEOUT, {"ms": self._statement_timeout()})
-                tx = SqlTransaction(conn, lambda: self._clock(conn))
+                tx = SqlTransaction(conn, lambda: self._clock(conn), self.balance_shape)
                 yield tx
                 deadline = current_deadline()
                 if deadline is not None and deadline.remaining() <= 0:
@@ -320,7 +339,7 @@ class PostgresDatabase:
 
                 if replica is not None and replica.caught_up_at is not None:
                     report_lagging(replica.caught_up_at)
-                yield SqlTransaction(conn, fixed)
+                yield SqlTransaction(conn, fixed, self.balance_shape)
         except Unavailable as error:
             if replica is None and is_unreachable(error.__cause__ or error):
                 self._breaker.failed()

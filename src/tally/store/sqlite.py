@@ -20,6 +20,7 @@ SQLite Tally queues under load.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
@@ -36,6 +37,7 @@ from tally.services.consistency import read_intent
 from tally.services.deadline import current_deadline, remaining
 from tally.services.ports import CommitListener
 from tally.store import tables
+from tally.store.balance_shape import BalanceShape, keep_looking
 from tally.store.database import SqlTransaction
 from tally.store.instrumentation import ConnectionObserver, Unobserved
 from tally.store.migrations import ensure_schema
@@ -88,8 +90,13 @@ class SqliteDatabase:
         synchronous: str = "FULL",
         lock_wait_seconds: float = 10.0,
         observer: ConnectionObserver | None = None,
+        schema_check_seconds: float = 1.0,
     ) -> None:
         self.url = make_url(url).set(drivername="sqlite+pysqlite")
+        # Where account balances live while their move ships; looked at again every few seconds.
+        self.balance_shape = BalanceShape()
+        self._schema_check = schema_check_seconds
+        self._looking: asyncio.Task[None] | None = None
         self._clock = clock
         self._read_pool_size = read_pool_size
         self._lock_wait = lock_wait_seconds
@@ -156,8 +163,24 @@ class SqliteDatabase:
         self._position = last or 0
         for _ in range(self._read_pool_size):
             self._readers.put_nowait(engine.connect())
+        await self._look_at_schema()
+        self._looking = asyncio.create_task(
+            keep_looking(self._look_at_schema, self._schema_check), name="tally-schema-check"
+        )
+
+    async def _look_at_schema(self) -> None:
+        conn = await self._readers.get()
+        try:
+            self.balance_shape.look_sync(conn)
+        finally:
+            conn.rollback()
+            self._readers.put_nowait(conn)
 
     async def stop(self) -> None:
+        if self._looking is not None:
+            self._looking.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._looking
         while not self._readers.empty():
             self._readers.get_nowait().close()
         if self._writer is not None:
@@ -226,7 +249,7 @@ class SqliteDatabase:
                 # The wait to write is both locks: this process's writer, then the file's.
                 self._observer.waited("writer", time.perf_counter() - asked)
             self._catch_up(conn)
-            tx = SqlTransaction(SqliteConnection(conn), self._write_now)
+            tx = SqlTransaction(SqliteConnection(conn), self._write_now, self.balance_shape)
             try:
                 with _interrupt_at_deadline(conn):
                     yield tx
@@ -273,7 +296,7 @@ class SqliteDatabase:
             try:
                 self._catch_up_to(conn, read_intent().token)
                 with _interrupt_at_deadline(conn):
-                    yield SqlTransaction(SqliteConnection(conn), self._read_now)
+                    yield SqlTransaction(SqliteConnection(conn), self._read_now, self.balance_shape)
             finally:
                 conn.rollback()
         finally:

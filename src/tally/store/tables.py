@@ -97,20 +97,30 @@ accounts = Table(
     Column("max_balance", Int64),
     Column("status", Text, nullable=False),
     Column("metadata", Text, nullable=False),
+    Column("request_hash", LargeBinary),
+    Column("created_at", Int64, nullable=False),
+    Column("updated_at", Int64, nullable=False),  # the last change of the attributes above
+    UniqueConstraint("ledger_id", "id"),
+    CheckConstraint("normal_balance IN ('credit', 'debit')", name="normal_balance"),
+    CheckConstraint("status IN ('open', 'frozen', 'closed')", name="status"),
+    Index(None, "ledger_id", "pk"),
+    Index(None, "ledger_id", "currency", "status", "pk"),
+    Index(None, "ledger_id", "status", "pk"),
+    sqlite_strict=True,
+)
+
+# An account's balances, apart from its attributes (ADR 0034): every posting rewrites this narrow
+# row, not the account's name, metadata and ids. One row per account, written with the account.
+account_balances = Table(
+    "account_balances",
+    metadata,
+    Column("account_pk", Int64, ForeignKey("accounts.pk"), primary_key=True, autoincrement=False),
     Column("posted", Int64, nullable=False),
     Column("pending_debits", Int64, nullable=False),
     Column("pending_credits", Int64, nullable=False),
     Column("version", Int64, nullable=False),
-    Column("request_hash", LargeBinary),
-    Column("created_at", Int64, nullable=False),
-    Column("updated_at", Int64, nullable=False),
-    UniqueConstraint("ledger_id", "id"),
-    CheckConstraint("normal_balance IN ('credit', 'debit')", name="normal_balance"),
-    CheckConstraint("status IN ('open', 'frozen', 'closed')", name="status"),
+    Column("updated_at", Int64, nullable=False),  # the last change of the balances
     CheckConstraint("pending_debits >= 0 AND pending_credits >= 0", name="pending"),
-    Index(None, "ledger_id", "pk"),
-    Index(None, "ledger_id", "currency", "status", "pk"),
-    Index(None, "ledger_id", "status", "pk"),
     sqlite_strict=True,
 )
 
@@ -170,6 +180,7 @@ entries = Table(
     CheckConstraint("amount > 0", name="amount"),
     Index(None, "account_pk", "kind", "pk"),
     Index(None, "account_pk", "created_at", "pk"),
+    Index(None, "created_at", "account_pk"),  # the accounts with entries on a day (statements job)
     sqlite_strict=True,
 )
 
@@ -180,7 +191,6 @@ holds = Table(
     "holds",
     metadata,
     Column("transfer_pk", Int64, ForeignKey("transfers.pk"), primary_key=True),
-    Index(None, "created_at", "account_pk"),  # the accounts with entries on a day (statements job)
     Column("account_pk", Int64, ForeignKey("accounts.pk"), primary_key=True),
     Column("direction", Text, nullable=False),
     Column("amount", Int64, nullable=False),
