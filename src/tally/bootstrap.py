@@ -25,6 +25,7 @@ from tally.observability.logging import configure_logging, get_logger
 from tally.observability.telemetry import Telemetry
 from tally.services.holds import expire_due_holds
 from tally.services.idempotency import IdempotentExecutor
+from tally.services.job_run_ports import RunStatus
 from tally.services.ledgers import Authenticator, KeyUsage, root_key_hash
 from tally.store.breaker import Breaker
 from tally.store.instrumentation import ConnectionObserver
@@ -178,8 +179,10 @@ class Tally:
                 async with self.database.read() as tx:
                     now = await tx.now()
                     depths = await tx.jobs.depths(now)
+                    reconciled = await tx.job_runs.recent("reconcile", 1, status=RunStatus.FINISHED)
                 if self.telemetry is not None:
                     self.telemetry.jobs.depths(depths, now)
+                    self.telemetry.jobs.reconciled(reconciled[0] if reconciled else None)
             except Exception:
                 _log.exception("queue sampling failed")
             await asyncio.sleep(QUEUE_SAMPLE_SECONDS)

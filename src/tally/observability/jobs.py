@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from tally.observability.metrics import Metrics
+from tally.services.job_run_ports import JobRun
 from tally.services.queue_ports import Job, JobStatus, QueueDepth
 
 
@@ -47,3 +48,12 @@ class JobMetrics:
         for queue in {queue for queue, _ in self._known | seen}:
             self._metrics.oldest_ready_age.labels(queue).set(oldest.get(queue, 0.0))
         self._known = seen
+
+    def reconciled(self, run: JobRun | None) -> None:
+        """Publish the latest finished ``reconcile`` run (ADR 0033); nothing before the first one."""
+        if run is None or run.result is None or run.finished_at is None:
+            return
+        unbalanced = run.result.get("unbalanced_currencies", [])
+        self._metrics.reconcile_differences.labels("balance").set(run.result.get("difference_count", 0))
+        self._metrics.reconcile_differences.labels("zero_sum").set(len(unbalanced))
+        self._metrics.reconcile_last_run.set(run.finished_at.timestamp())

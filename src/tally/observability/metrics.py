@@ -183,6 +183,21 @@ class Metrics:
             ["backend", "result"], registry=registry,
         )  # fmt: skip
 
+        # From the latest finished ``reconcile`` run in job_runs, sampled by every process (ADR 0033):
+        # right whichever process ran it. No series until a run has finished.
+        self.reconcile_differences = Gauge(
+            "tally_reconcile_differences",
+            "Differences the latest finished reconcile run found: kind=balance (stored balances or "
+            "entries' running totals against the sums of entries), kind=zero_sum (currencies whose "
+            "entries do not sum to zero).",
+            ["kind"], registry=registry, multiprocess_mode="mostrecent",
+        )  # fmt: skip
+        self.reconcile_last_run = Gauge(
+            "tally_reconcile_last_run_timestamp_seconds",
+            "When the latest reconcile run finished (Unix time).",
+            registry=registry, multiprocess_mode="mostrecent",
+        )  # fmt: skip
+
         self.transfers = Counter(
             "tally_transfers", "Money-moving requests, by operation and outcome.",
             ["operation", "outcome"], registry=registry,

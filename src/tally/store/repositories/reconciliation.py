@@ -12,7 +12,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, bindparam, func, select
+from sqlalchemy import ColumnElement, bindparam, func, literal_column, select
 
 from tally.domain.accounts import Balance
 from tally.services.ports import BalanceAt
@@ -26,7 +26,10 @@ _LOW = 0xFFFFFFFF
 
 
 def _halves(amount: ColumnElement[int]) -> tuple[ColumnElement[Any], ColumnElement[Any]]:
-    return func.sum(amount.op(">>")(32)).label("high"), func.sum(amount.op("&")(_LOW)).label("low")
+    # Inline constants: PostgreSQL has ``bigint >> integer`` only, not a bound bigint shift.
+    high = amount.op(">>")(literal_column("32"))
+    low = amount.op("&")(literal_column(str(_LOW)))
+    return func.sum(high).label("high"), func.sum(low).label("low")
 
 
 def _joined(high: Any, low: Any) -> int:
