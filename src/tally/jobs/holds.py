@@ -21,7 +21,12 @@ from tally.services.postings import lock_accounts
 
 
 class ExpireHolds:
-    """Expires, per step, up to ``batch`` holds due at the period's end, oldest expiry first."""
+    """Expires, per step, up to ``batch`` holds due at the period's end, oldest expiry first.
+
+    The state counts the due holds the steps found (``expired``). Locking a hold's accounts also
+    expires every other hold due on them, in expiry order; those are written down in the same step
+    but counted only if a step found them first, so the count can fall short of the events written.
+    """
 
     name = "expire-holds"
     unit = "holds"

@@ -27,7 +27,7 @@ from functools import partial
 from typing import Any, Protocol
 
 from tally.jobs.schedule import Schedule
-from tally.observability.context import current_job, set_job
+from tally.observability.context import current_job, current_request_id, set_job, set_request_id
 from tally.observability.logging import get_logger
 from tally.services.deadline import current_deadline, set_deadline
 from tally.services.job_run_ports import JobRun, RunStatus
@@ -181,6 +181,14 @@ async def run_batch_job(
                 steps += 1
                 if progress is not None:
                     progress.update(run.done)
+        except LostRun:
+            raise
+        except Exception:
+            # The failed step rolled back; the run is left at its last checkpoint, and a retry may
+            # resume it at once rather than wait for the lease (best effort: it ends anyway).
+            with contextlib.suppress(Exception):
+                await _release(database, run)
+            raise
         finally:
             if progress is not None:
                 progress.finish()
@@ -272,17 +280,20 @@ async def _release(database: Database, run: JobRun) -> JobRun:
 
 @contextlib.contextmanager
 def _as_background_work(name: str) -> Iterator[None]:
-    """The run's log lines name the job, and no request's time budget cuts its transactions.
+    """The run's log lines name the job (not a request), and no request's time budget cuts its
+    transactions.
 
     A job has no request: a budget inherited from a caller's context would end its steps early.
     Without one, each transaction is bounded by the adapter's own limits (``TALLY_REQUEST_TIMEOUT_MS``
     for lock waits and PostgreSQL's statement timeout), which a bounded step stays well inside.
     """
-    before = (current_job(), current_deadline())
+    before = (current_job(), current_request_id(), current_deadline())
     set_job(name)
+    set_request_id(None)
     set_deadline(None)
     try:
         yield
     finally:
         set_job(before[0])
-        set_deadline(before[1])
+        set_request_id(before[1])
+        set_deadline(before[2])
