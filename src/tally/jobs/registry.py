@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING
 
 from tally.jobs.holds import ExpireHolds
 from tally.jobs.idempotency import PurgeIdempotencyKeys
+from tally.jobs.reconcile import ReconcileJob
 from tally.jobs.runs import BatchJob
+from tally.jobs.statements import StatementsJob
 
 if TYPE_CHECKING:
     from tally.config import Settings
@@ -21,6 +23,8 @@ JobFactory = Callable[["Settings"], BatchJob]
 JOBS: dict[str, JobFactory] = {
     "expire-holds": lambda settings: ExpireHolds(min(settings.job_batch_size, 100)),
     "purge-idempotency-keys": lambda settings: PurgeIdempotencyKeys(settings.job_batch_size),
+    "statements": lambda settings: StatementsJob(settings.job_batch_size),
+    "reconcile": lambda settings: ReconcileJob(settings.job_batch_size),
 }
 
 
