@@ -82,9 +82,13 @@ _insert_old = insert(_old).returning(_old.c.pk)
 _insert_new = insert(_a).returning(_a.c.pk)
 _by_id_old, _by_id_new = _by_id(_OLD, _old), _by_id(_NEW, _a)
 _many_old, _many_new = _many_by_id(_OLD, _old), _many_by_id(_NEW, _a)
-# Row locks in pk order (see lock()); NO KEY UPDATE, and of the accounts rows only.
+# Row locks in pk order (see lock()), FOR NO KEY UPDATE. The new shape locks both rows of each
+# account: under READ COMMITTED a row read only through the join would come from the snapshot the
+# statement began with, before the lock wait, and a transfer that waited for another one on the
+# same account would compute from the balances before it. A locked row is read again at its latest
+# version once the lock is granted.
 _lock_old = _many_old.order_by(_old.c.pk).with_for_update(key_share=True)
-_lock_new = _many_new.order_by(_a.c.pk).with_for_update(key_share=True, of=_a)
+_lock_new = _many_new.order_by(_a.c.pk).with_for_update(key_share=True)
 _scan_old = _OLD.where(_old.c.pk > bindparam("after")).order_by(_old.c.pk).limit(bindparam("limit"))
 _scan_new = _NEW.where(_a.c.pk > bindparam("after")).order_by(_a.c.pk).limit(bindparam("limit"))
 # Balance updates go through one prepared shape, executed for all touched accounts at once.
