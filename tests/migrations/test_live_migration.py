@@ -165,15 +165,8 @@ async def test_expand_backfill_and_contract_run_under_live_load_with_no_failed_r
             for started, ended, output in phases:  # the load ran while each command ran
                 during = sum(1 for t in load.at if started <= t <= ended)
                 assert during >= 10, f"only {during} requests while: {output}"
-            status = subprocess.run(
-                [str(Path(sys.executable).parent / "tally"), "db", "status"],
-                env=env,
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            assert status.returncode == 0, status.stdout + status.stderr
-            assert "c0001_account_balances" in status.stdout
+            *_, status = await asyncio.to_thread(operator, ["db", "status"], env, tmp_path)
+            assert "c0001_account_balances" in status
 
             posted = await check_books(client, keys.read)  # entries add up; zero sum per currency
             for i in range(ACCOUNTS):
