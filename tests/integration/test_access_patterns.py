@@ -22,6 +22,8 @@ from sqlalchemy import event
 
 from tally.api.app import create_app
 from tally.bootstrap import Tally
+from tally.jobs.idempotency import PurgeIdempotencyKeys
+from tally.jobs.runs import run_batch_job
 from tally.services.holds import expire_due_holds
 from tests.pg_cluster import require_postgres
 from tests.support import BACKENDS, ROOT, LedgerKeys, idem, new_ledger, open_account, settings_for, transfer
@@ -40,6 +42,8 @@ EXPECTED = [
     ("next hold expiry of an account", "min(holds.expires_at)", "ix_holds_account_pk_expires_at"),
     ("the feed's tail", "ORDER BY events.xid DESC", "ix_events_xid_pk"),
     ("usage of a key", "FROM key_usage", "(key_id=?)"),
+    ("purge expired idempotency keys", "idempotency_keys.keep_until <", "ix_idempotency_keys_keep_until"),
+    ("a job's latest runs", "FROM job_runs", "(job=?"),
 ]
 
 
@@ -141,6 +145,17 @@ async def _holds_and_reversals(client: httpx.AsyncClient, write: dict[str, str],
     )
 
 
+async def _batch_job_runs(tally: Tally) -> None:
+    """A batch job run, its re-run and ``tally jobs list``'s read (ADR 0032)."""
+    job = PurgeIdempotencyKeys(batch=10)
+    period = job.period(None, datetime.now(UTC))
+    lease = timedelta(seconds=30)
+    for owner in ("a:1:a", "b:2:b"):  # the second finds the run finished
+        await run_batch_job(tally.database, job, period, owner=owner, lease=lease, progress=None)
+    async with tally.database.read() as tx:
+        assert await tx.job_runs.recent(job.name, 3)
+
+
 async def _statements_of_the_workload(tmp_path: Path) -> dict[str, Any]:
     """Every statement the store sent while the workload ran, with the parameters of its first run."""
     tally = Tally(
@@ -171,6 +186,7 @@ async def _statements_of_the_workload(tmp_path: Path) -> dict[str, Any]:
             if BACKENDS.name == "postgresql":
                 BACKENDS.cluster().wait_for_replay()  # the sweeper looks on a replica first
             assert await expire_due_holds(tally.database) == 1  # the sweeper's own queries
+            await _batch_job_runs(tally)
     assert len(seen) >= 15, "the workload should reach every repository query"
     return seen
 
