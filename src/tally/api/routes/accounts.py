@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
@@ -28,9 +28,10 @@ from tally.api.schemas import (
     EntryPage,
     Limit,
 )
+from tally.api.statement_schemas import StatementPage
 from tally.domain.accounts import AccountStatus, Bounds
 from tally.domain.errors import ValidationFailed
-from tally.services import accounts
+from tally.services import accounts, statements
 from tally.services.ports import StoredReply, Transaction
 from tally.services.views import account_view, entry_view, timestamp
 
@@ -154,3 +155,38 @@ async def list_entries(
         limit=limit,
     )
     return page_reply(page, entry_view)
+
+
+@router.get(
+    "/v1/accounts/{account_id}/statements",
+    response_model=StatementPage,
+    openapi_extra=access(Access.READ),
+)
+async def list_statements(
+    account_id: str,
+    request: Request,
+    *,
+    first: Annotated[date, Query(alias="from", description="The first UTC day, YYYY-MM-DD.")],
+    last: Annotated[date, Query(alias="to", description="The last UTC day, YYYY-MM-DD (inclusive).")],
+    limit: Limit = 100,
+    cursor: str | None = None,
+) -> Response:
+    """The account's daily statements, oldest day first (ADR 0033).
+
+    One item per UTC day from `from` to `to` (both required, `from` ≤ `to`, at most 366 days, else
+    422 `validation_error`) for which the daily `statements` job has finished: opening and closing
+    `posted` balance, the sums of the day's debit and credit postings, and their number. A finished
+    day on which the account had no posting is included with opening = closing = the balance it
+    carried and zero sums, so the series is continuous. Days not computed yet (today, or a day the
+    job has not run for) are absent; ask again later. An unknown account is 404.
+    """
+    page = await statements.account_statements(
+        request.app.state.tally.database,
+        ledger_of(request),
+        account_id,
+        first,
+        last,
+        after=decode_cursor(cursor),
+        limit=limit,
+    )
+    return page_reply(page, statements.statement_view)
