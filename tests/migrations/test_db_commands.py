@@ -194,3 +194,9 @@ def test_serve_refuses_an_old_database_in_one_line_without_a_traceback(tmp_path:
         "tally serve: The database schema is older than this Tally needs "
         f"(at {_older_than_required()}, needs {migrations.REQUIRED_EXPAND}): run `tally db upgrade`."
     ]
+
+
+def test_the_required_revision_is_one_of_this_codes_expand_revisions() -> None:
+    known = revisions()
+    assert known.known(migrations.REQUIRED_EXPAND)
+    assert known.branch_of(migrations.REQUIRED_EXPAND) == "expand"
