@@ -105,7 +105,11 @@ def _work(args: argparse.Namespace) -> int:
         for name, value in (("database_url", args.database_url), ("log_format", args.log_format))
         if value is not None
     }
-    tally = Tally(Settings(**overrides), announce_root_key=False)
+    settings = Settings(**overrides)
+    if (refusal := schema_refusal(settings.database_url)) is not None:  # one line, not a traceback
+        print(f"tally worker: {refusal}", file=sys.stderr)
+        return 1
+    tally = Tally(settings, announce_root_key=False)
 
     async def run() -> None:
         stopping = asyncio.Event()

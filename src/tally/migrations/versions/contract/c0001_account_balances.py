@@ -20,6 +20,7 @@ from tally.migrations.balance_triggers import (
     drop_balance_triggers,
     wait_for_every_process,
 )
+from tally.migrations.operations import MigrationRefused
 
 revision = "c0001_account_balances"
 down_revision = "0000_baseline"
@@ -35,8 +36,8 @@ _UNEQUAL = sa.text(
 )
 
 
-class NotBackfilled(RuntimeError):
-    pass
+class NotBackfilled(MigrationRefused):
+    """The backfill has not finished, or found the two shapes apart: nothing was changed."""
 
 
 def _wait_for_processes() -> None:
