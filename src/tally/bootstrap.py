@@ -229,6 +229,7 @@ def open_database(
             synchronous=settings.sqlite_synchronous,
             lock_wait_seconds=lock_wait,
             observer=observer,
+            schema_check_seconds=settings.schema_check_ms / 1000,
         )
     if backend == "postgresql":
         return PostgresDatabase(
@@ -241,6 +242,7 @@ def open_database(
             lock_wait_seconds=lock_wait,
             breaker=Breaker(cooldown=settings.breaker_cooldown_ms / 1000),
             observer=observer,
+            schema_check_seconds=settings.schema_check_ms / 1000,
         )
     raise ValueError(
         f"TALLY_DATABASE_URL names {backend!r}; use sqlite:///path.db or postgresql+psycopg://user@host/db."

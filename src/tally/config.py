@@ -39,6 +39,12 @@ class Settings(BaseSettings):
         default=1000, ge=0, description="A replica further behind than this serves no fresh read."
     )
     replica_check_ms: int = Field(default=200, ge=10, description="How often replica lag is measured.")
+    schema_check_ms: int = Field(
+        default=1000,
+        ge=50,
+        le=2000,  # the contract step waits 5 s for every process to have looked (ADR 0034)
+        description="How often a process looks at which schema phase a change in flight is in.",
+    )
     breaker_cooldown_ms: int = Field(
         default=1000, ge=10, description="After the primary fails, writes fail fast for this long (doubling)."
     )

@@ -20,14 +20,14 @@ import httpx
 import pytest
 from alembic import command
 from asgi_lifespan import LifespanManager
-from tests.integration.postgres_support import STRONG, check_books, listed
-from tests.support import BACKENDS, LedgerKeys, idem, new_ledger, open_account, settings_for
 
 from tally.api.app import create_app
 from tally.bootstrap import Tally
 from tally.jobs.balances_backfill import BackfillAccountBalances
 from tally.jobs.runs import OutcomeStatus, run_batch_job
 from tally.store.schema import alembic_config
+from tests.integration.postgres_support import STRONG, check_books, listed
+from tests.support import BACKENDS, LedgerKeys, idem, new_ledger, open_account, settings_for
 
 pytestmark = pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
 

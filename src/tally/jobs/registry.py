@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from tally.jobs.balances_backfill import BackfillAccountBalances
 from tally.jobs.holds import ExpireHolds
 from tally.jobs.idempotency import PurgeIdempotencyKeys
 from tally.jobs.reconcile import ReconcileJob
@@ -25,6 +26,7 @@ JOBS: dict[str, JobFactory] = {
     "purge-idempotency-keys": lambda settings: PurgeIdempotencyKeys(settings.job_batch_size),
     "statements": lambda settings: StatementsJob(settings.job_batch_size),
     "reconcile": lambda settings: ReconcileJob(settings.job_batch_size),
+    "backfill-account-balances": lambda settings: BackfillAccountBalances(settings.job_batch_size),
 }
 
 
