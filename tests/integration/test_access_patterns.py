@@ -24,7 +24,8 @@ from sqlalchemy import event
 from tally.api.app import create_app
 from tally.bootstrap import Tally
 from tally.jobs.idempotency import PurgeIdempotencyKeys
-from tally.jobs.runs import run_batch_job
+from tally.jobs.runs import new_owner, run_batch_job
+from tally.jobs.statements import StatementsJob
 from tally.services.holds import expire_due_holds
 from tests.pg_cluster import require_postgres
 from tests.support import BACKENDS, ROOT, LedgerKeys, idem, new_ledger, open_account, settings_for, transfer
@@ -43,6 +44,9 @@ EXPECTED = [
     ("next hold expiry of an account", "min(holds.expires_at)", "ix_holds_account_pk_expires_at"),
     ("the feed's tail", "ORDER BY events.xid DESC", "ix_events_xid_pk"),
     ("usage of a key", "FROM key_usage", "(key_id=?)"),
+    ("accounts with entries on a day", "AND account_pk > ?", "ix_entries_created_at_account_pk"),
+    ("an account's statements by day", "FROM statements", "(account_pk=? AND day>? AND day<?)"),
+    ("the days whose statements are done", "job_runs.period >= ?", "(job=? AND period>? AND period<?)"),
     ("purge expired idempotency keys", "idempotency_keys.keep_until <", "ix_idempotency_keys_keep_until"),
     ("a job's latest runs", "FROM job_runs", "(job=?"),
 ]
@@ -162,6 +166,16 @@ async def _batch_job_runs(tally: Tally) -> None:
 _CATALOG = re.compile(r"sqlite_master|pragma_table_info|pg_catalog|pg_attribute|to_regclass|alembic_version")
 
 
+async def _daily_statements(tally: Tally, client: httpx.AsyncClient, ledger: LedgerKeys) -> None:
+    """The ``statements`` job on the day of the workload (its queries), then the endpoint's reads."""
+    reader = {**ledger.write, "Tally-Consistency": "strong"}  # the read key was revoked by then
+    newest = (await client.get("/v1/transfers?limit=1", headers=reader)).json()["data"][0]
+    day, lease = newest["created_at"][:10], timedelta(seconds=30)
+    await run_batch_job(tally.database, StatementsJob(2), day, owner=new_owner(), lease=lease, progress=None)
+    response = await client.get(f"/v1/accounts/acct-0/statements?from={day}&to={day}", headers=reader)
+    assert [s["date"] for s in response.json()["data"]] == [day], response.text
+
+
 async def _statements_of_the_workload(tmp_path: Path) -> dict[str, Any]:
     """Every statement the store sent while the workload ran, with the parameters of its first run."""
     tally = Tally(
@@ -192,6 +206,7 @@ async def _statements_of_the_workload(tmp_path: Path) -> dict[str, Any]:
             if BACKENDS.name == "postgresql":
                 BACKENDS.cluster().wait_for_replay()  # the sweeper looks on a replica first
             assert await expire_due_holds(tally.database) == 1  # the sweeper's own queries
+            await _daily_statements(tally, client, ledger)
             await _batch_job_runs(tally)
     assert len(seen) >= 15, "the workload should reach every repository query"
     return seen

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, ScalarSelect, and_, bindparam, case, func, insert, select
+from sqlalchemy import ColumnElement, ScalarSelect, and_, bindparam, case, func, insert, select, text
 
 from tally.domain.accounts import Direction, EntryKind
 from tally.services.statement_ports import DayStatement
@@ -30,6 +30,18 @@ _accounts_of_day = (
     .limit(bindparam("limit"))
 )
 _count_of_day = select(func.count(func.distinct(_e.c.account_pk))).where(_on_day)
+# SQLite would rather walk ix_entries_account_pk_created_at_pk in account order, to skip sorting,
+# and so read every entry of every later account; SQLAlchemy renders no index hint for SQLite, so
+# its statements name the index themselves (an error, not a silent scan, should it ever go).
+_BY_DAY = (
+    "FROM entries INDEXED BY ix_entries_created_at_account_pk "
+    "WHERE created_at >= :start AND created_at < :end"
+)
+_accounts_of_day_sqlite = text(
+    f"SELECT account_pk {_BY_DAY} AND account_pk > :after "
+    "GROUP BY account_pk ORDER BY account_pk LIMIT :limit"
+)
+_count_of_day_sqlite = text(f"SELECT count(DISTINCT account_pk) {_BY_DAY}")
 
 
 def _last_posting_before(moment: str) -> ScalarSelect[Any]:
@@ -109,11 +121,13 @@ class SqlStatementRepository(SqlRepository):
         self, start: datetime, end: datetime, *, after_pk: int | None, limit: int
     ) -> list[int]:
         params = {"start": to_micros(start), "end": to_micros(end), "after": after_pk or 0, "limit": limit}
-        return list((await self._conn.execute(_accounts_of_day, params)).scalars())
+        query = _accounts_of_day if self._postgres else _accounts_of_day_sqlite
+        return list((await self._conn.execute(query, params)).scalars())
 
     async def count_accounts_with_entries(self, start: datetime, end: datetime) -> int:
         params = {"start": to_micros(start), "end": to_micros(end)}
-        return int((await self._conn.execute(_count_of_day, params)).scalar_one())
+        query = _count_of_day if self._postgres else _count_of_day_sqlite
+        return int((await self._conn.execute(query, params)).scalar_one())
 
     async def compute(
         self, account_pks: Sequence[int], day: date, start: datetime, end: datetime
