@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from tally.services.job_run_ports import JobRunRepository
     from tally.services.ports import Database, Transaction
     from tally.services.queue_ports import InboxRepository, JobRepository
+    from tally.services.statement_ports import ReconciliationRepository, StatementRepository
     from tally.services.webhook_ports import DeliveryRepository, WebhookRepository
 
 T = TypeVar("T")
@@ -453,6 +454,8 @@ class FakeTransaction:
         self.deliveries = cast("DeliveryRepository", NoQueue("deliveries"))
         self.batches = cast("TransferBatchRepository", NoQueue("batches"))
         self.job_runs = cast("JobRunRepository", NoQueue("job_runs"))
+        self.statements = cast("StatementRepository", NoQueue("statements"))
+        self.reconciliation = cast("ReconciliationRepository", NoQueue("reconciliation"))
 
     @property
     def wrote(self) -> bool:

@@ -42,7 +42,7 @@ class Setup:
 async def _date_new_entries(tally: Tally, day: date) -> None:
     start = to_micros(datetime(day.year, day.month, day.day, tzinfo=UTC))
     async with tally.database.write() as tx:
-        await tx.connection.execute(  # type: ignore[attr-defined]
+        await tx.connection.execute(
             text("UPDATE entries SET created_at = :start + pk WHERE created_at > :recent"),
             {"start": start, "recent": to_micros(datetime(2025, 12, 31, tzinfo=UTC))},
         )

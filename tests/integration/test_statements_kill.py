@@ -59,7 +59,7 @@ async def _ring(database: SqliteDatabase, ledger_id: str, day: date, amount: int
             await create_batch(tx, ledger_id, items[chunk : chunk + 1000], atomic=True, request_id=None)
     async with database.write() as tx:
         # The entries just written, dated onto the day in the order they were written.
-        await tx.connection.execute(  # type: ignore[attr-defined]
+        await tx.connection.execute(
             text("UPDATE entries SET created_at = :start + pk WHERE created_at > :recent"),
             {"start": _micros(day), "recent": _micros(date(2025, 12, 31))},
         )

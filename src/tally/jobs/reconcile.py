@@ -116,7 +116,7 @@ class ReconcileJob:
         return self.schedule.period(text, now)
 
     async def total(self, tx: Transaction, period: str) -> int | None:
-        return await tx.reconciliation.count_accounts()
+        return await tx.accounts.count()
 
     async def step(self, tx: Transaction, period: str, state: dict[str, Any] | None) -> Step:
         state = state or {

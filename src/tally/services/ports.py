@@ -11,6 +11,7 @@ one stays true until commit.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -163,7 +164,7 @@ class AccountRepository(Protocol):
         limit: int,
     ) -> Page[Account]: ...
 
-    async def scan(self, after_pk: int | None, limit: int) -> list[Account]:
+    async def scan(self, after_pk: int | None, limit: int) -> builtins.list[Account]:
         """Up to ``limit`` accounts of every ledger, in ``pk`` order after ``after_pk`` (batch jobs)."""
         ...
 

@@ -100,10 +100,6 @@ class ReconciliationRepository(Protocol):
         """Totals of each of these accounts that has entries (accounts without any are absent)."""
         ...
 
-    async def count_accounts(self) -> int:
-        """Accounts of every ledger (the units of a reconcile run)."""
-        ...
-
     async def currency_totals(self) -> list[CurrencyTotals]:
         """Totals per currency over every entry, in one statement (one snapshot), by currency."""
         ...

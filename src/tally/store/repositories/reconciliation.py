@@ -66,8 +66,6 @@ _by_currency = (
     .order_by(_a.c.currency)
 )
 
-_count_accounts = select(func.count()).select_from(_a)
-
 _FIELDS = {
     ("posting", "debit"): "posting_debits",
     ("posting", "credit"): "posting_credits",
@@ -96,9 +94,6 @@ class SqlReconciliationRepository(SqlRepository):
                 balance = Balance(row.posted_after, row.pending_debits_after, row.pending_credits_after)
                 sums[row.account_pk]["last"] = BalanceAt(balance, row.account_version)
         return {pk: EntryTotals(**values) for pk, values in sums.items()}
-
-    async def count_accounts(self) -> int:
-        return int((await self._conn.execute(_count_accounts)).scalar_one())
 
     async def currency_totals(self) -> list[CurrencyTotals]:
         sums: dict[str, dict[str, int]] = defaultdict(dict)
