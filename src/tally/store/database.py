@@ -44,9 +44,9 @@ from tally.store.repositories.ledgers import (
     SqlInstanceRepository,
     SqlLedgerRepository,
 )
-from tally.store.repositories.transfers import SqlTransferRepository
 from tally.store.repositories.reconciliation import SqlReconciliationRepository
 from tally.store.repositories.statements import SqlStatementRepository
+from tally.store.repositories.transfers import SqlTransferRepository
 from tally.store.repositories.webhooks import SqlDeliveryRepository, SqlWebhookRepository
 
 
