@@ -140,11 +140,16 @@ class PgCluster:
             raise ClusterError("this cluster has no replica")
         return self.replicas[0]
 
-    def create_database(self, name: str | None = None) -> str:
-        """Create a database on the primary (``t_<hex>`` when unnamed); return once every replica
-        accepts connections to it."""
+    def create_database(self, name: str | None = None, *, template: str | None = None) -> str:
+        """Create a database on the primary (``t_<hex>`` when unnamed), a copy of ``template`` if
+        given; return once every replica accepts connections to it."""
         name = name or f"t_{uuid.uuid4().hex[:12]}"
-        self.primary.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        query = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+        if template is not None:
+            query = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(name), sql.Identifier(template)
+            )
+        self.primary.execute(query)
         self.wait_for_replay()
         for replica in self.replicas:
             _wait_until(partial(_accepts, replica, name), 30, f"replica {replica.port} to open {name}")

@@ -113,7 +113,7 @@ async def step(
     """Run one migration under the running app; once it sees the new phase, the data reads the same."""
     action, target, phase = to
     before = await balances(client, keys)
-    url, _ = BACKENDS.urls(tmp_path)
+    url, _ = BACKENDS.urls(tmp_path, empty=True)
     await migrate(url, action, target)
     await until_phase(tally, phase)
     assert await balances(client, keys) == before
@@ -122,7 +122,7 @@ async def step(
 async def test_a_running_tally_keeps_every_balance_while_they_move_to_their_own_table_and_back(
     tmp_path: Path, backend: str
 ) -> None:
-    url, _ = BACKENDS.urls(tmp_path)
+    url, _ = BACKENDS.urls(tmp_path, empty=True)
     await migrate(url, "upgrade", "0002_statements")  # the schema before the change
     async with serving(tmp_path) as (tally, client):
         assert tally.database.balance_shape.phase == "before"

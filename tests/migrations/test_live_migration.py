@@ -42,7 +42,7 @@ START = 10_000_000
 @pytest.fixture
 def postgres(tmp_path: Path) -> Iterator[tuple[str, list[str]]]:
     with BACKENDS.using("postgresql"):
-        yield BACKENDS.urls(tmp_path)
+        yield BACKENDS.urls(tmp_path, empty=True)
 
 
 @dataclass
