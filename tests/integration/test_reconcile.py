@@ -5,6 +5,7 @@ unbalanced entry are found and reported in the result, the log and the metrics.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -22,6 +23,7 @@ from tally.jobs.reconcile import ReconcileJob
 from tally.jobs.runs import OutcomeStatus, RunOutcome, new_owner, run_batch_job
 from tally.services.ports import Database
 from tally.store import tables as t
+from tests.batch_jobs_support import run_job
 from tests.observability.scrape import samples, total
 from tests.support import LedgerKeys, idem, new_ledger, open_account, settings_for, transfer
 
@@ -166,3 +168,23 @@ async def test_a_corrupted_balance_and_a_broken_zero_sum_are_reported(books: Boo
     assert total(found, "tally_reconcile_differences", kind="balance") == 1
     assert total(found, "tally_reconcile_differences", kind="zero_sum") == 1
     assert total(found, "tally_reconcile_last_run_timestamp_seconds") > 0
+
+
+async def test_tally_jobs_run_reconcile_logs_each_difference_and_exits_with_status_2(tmp_path: Path) -> None:
+    """On SQLite, through the real command: the error lines, the summary, and the exit status."""
+    tally = Tally(settings_for(tmp_path, hold_sweep_seconds=3600.0, job_schedule=[]))
+    async with LifespanManager(create_app(tally)) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://tally") as client:
+            ledger = await new_ledger(client)
+            world = await open_account(client, ledger.write, normal_balance="debit", min_balance=None)
+            await open_account(client, ledger.write, id="alice")
+            assert (await transfer(client, ledger.write, world["id"], "alice", 25)).is_success
+            await corrupt_posted(tally.database, "alice", -5)
+    ran = run_job(tmp_path / "tally.db", "reconcile", "2025-03-05", job_schedule="off")
+    assert ran.returncode == 2, ran.stderr
+    lines = [json.loads(line) for line in ran.stderr.splitlines() if line.startswith("{")]
+    [difference] = [line for line in lines if line["event"] == "reconcile found a balance difference"]
+    assert (difference["account_id"], difference["field"], difference["stored"]) == ("alice", "posted", 20)
+    [summary] = [line for line in lines if line["event"] == "reconcile finished"]
+    assert (summary["level"], summary["ok"], summary["difference_count"]) == ("error", False, 1)
