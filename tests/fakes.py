@@ -8,6 +8,7 @@ serialised by one ``asyncio.Lock``, like the SQL adapter's writer. Time comes fr
 from __future__ import annotations
 
 import asyncio
+import builtins
 import copy
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -206,6 +207,17 @@ class FakeAccountRepository(_Repository):
             and (after is None or a.pk > after)
         )
         return _page(rows, limit, lambda a: a.pk)
+
+    async def scan(self, after_pk: int | None, limit: int) -> builtins.list[Account]:
+        rows = sorted(self._state.accounts.items())
+        return [a for pk, a in rows if after_pk is None or pk > after_pk][:limit]
+
+    async def count(self) -> int:
+        return len(self._state.accounts)
+
+    async def backfill_balances(self, after_pk: int | None, limit: int) -> tuple[int, int | None]:
+        # In memory there is one shape: nothing to copy, whatever the batch.
+        return 0, None
 
 
 class FakeTransferRepository(_Repository):

@@ -117,7 +117,7 @@ async def test_statements_are_timed_per_shape_and_role_and_counted_per_request(t
     assert {s.labels["role"] for s in timed} == {"writer", "reader"}
     assert all(STATEMENT.fullmatch(s.labels["statement"]) for s in timed), timed
     shapes = {s.labels["statement"].rsplit(" ", 1)[0] for s in timed}
-    assert {"select accounts", "update accounts", "insert transfers", "insert entries"} <= shapes
+    assert {"select accounts", "update account_balances", "insert transfers", "insert entries"} <= shapes
     per_request = total(found, "tally_db_queries_per_request_count", method="POST", route="/v1/transfers")
     assert per_request >= 3
     assert total(found, "tally_db_queries_per_request_sum", method="POST", route="/v1/transfers") >= 3 * 5
