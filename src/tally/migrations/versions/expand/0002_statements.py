@@ -23,6 +23,12 @@ _INT64 = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
 def upgrade() -> None:
+    # The concurrent build first: it commits what came before it, so a build that gives way to a
+    # lock and is retried must find nothing else of this revision done (the index, if valid, is
+    # kept; an invalid leftover is rebuilt). The table then commits with the version stamp.
+    create_index_concurrently(
+        op.f("ix_entries_created_at_account_pk"), "entries", ["created_at", "account_pk"]
+    )
     op.create_table(
         "statements",
         sa.Column("account_pk", _INT64, nullable=False),
@@ -38,9 +44,6 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("account_pk", "day", name=op.f("pk_statements")),
         sqlite_strict=True,
-    )
-    create_index_concurrently(
-        op.f("ix_entries_created_at_account_pk"), "entries", ["created_at", "account_pk"]
     )
 
 
