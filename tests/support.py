@@ -166,11 +166,19 @@ def settings_for(directory: Path, **overrides: Any) -> Settings:
 @asynccontextmanager
 async def asgi_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     """An httpx client talking to a fresh app in this process, lifespan included."""
-    app = create_app(Tally(settings))
-    async with LifespanManager(app) as manager:
+    async with serving_in_process(Tally(settings)) as client:
+        yield client
+
+
+@asynccontextmanager
+async def serving_in_process(tally: Tally, *, tokens: bool = True) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of ``tally``'s app in this process, lifespan included; the caller keeps ``tally``
+    to reach what the API does not show. ``tokens``: send back the last consistency token."""
+    async with LifespanManager(create_app(tally)) as manager:
         transport = httpx.ASGITransport(app=manager.app)
+        hooks = SESSION.hooks() if tokens else {}
         async with httpx.AsyncClient(
-            transport=transport, base_url="http://tally", event_hooks=SESSION.hooks()
+            transport=transport, base_url="http://tally", event_hooks=hooks
         ) as client:
             yield client
 

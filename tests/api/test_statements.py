@@ -12,15 +12,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from sqlalchemy import text
 
-from tally.api.app import create_app
 from tally.bootstrap import Tally
 from tally.jobs.runs import new_owner, run_batch_job
 from tally.jobs.statements import StatementsJob
 from tally.store.codec import to_micros
-from tests.support import LedgerKeys, new_ledger, open_account, settings_for, transfer
+from tests.support import LedgerKeys, new_ledger, open_account, serving_in_process, settings_for, transfer
 
 STRONG = {"Tally-Consistency": "strong"}  # the job wrote behind the client's consistency token
 D1, D2, D3 = date(2025, 3, 1), date(2025, 3, 2), date(2025, 3, 3)
@@ -52,24 +50,22 @@ async def _date_new_entries(tally: Tally, day: date) -> None:
 async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
     """alice is paid 100 on D1, has a quiet D2, pays 30 on D3; D1–D3 are computed, D4 is not."""
     tally = Tally(settings_for(tmp_path, hold_sweep_seconds=3600.0, job_schedule=[]))
-    async with LifespanManager(create_app(tally)) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://tally") as client:
-            ledger, other = await new_ledger(client), await new_ledger(client, "other")
-            world = await open_account(client, ledger.write, normal_balance="debit", min_balance=None)
-            for name in ("alice", "bob"):
-                await open_account(client, ledger.write, id=name)
-            await open_account(client, other.write, id="stranger")
-            assert (await transfer(client, ledger.write, world["id"], "alice", 100)).is_success
-            await _date_new_entries(tally, D1)
-            assert (await transfer(client, ledger.write, "alice", "bob", 30)).is_success
-            await _date_new_entries(tally, D3)
-            for day in (D1, D2, D3):
-                await run_batch_job(
+    async with serving_in_process(tally, tokens=False) as client:
+        ledger, other = await new_ledger(client), await new_ledger(client, "other")
+        world = await open_account(client, ledger.write, normal_balance="debit", min_balance=None)
+        for name in ("alice", "bob"):
+            await open_account(client, ledger.write, id=name)
+        await open_account(client, other.write, id="stranger")
+        assert (await transfer(client, ledger.write, world["id"], "alice", 100)).is_success
+        await _date_new_entries(tally, D1)
+        assert (await transfer(client, ledger.write, "alice", "bob", 30)).is_success
+        await _date_new_entries(tally, D3)
+        for day in (D1, D2, D3):
+            await run_batch_job(
                     tally.database, StatementsJob(), day.isoformat(),
                     owner=new_owner(), lease=timedelta(seconds=30), progress=None,
                 )  # fmt: skip
-            yield Setup(client, ledger, other)
+        yield Setup(client, ledger, other)
 
 
 def _days(response: httpx.Response) -> list[tuple[str, int, int, int, int, int]]:

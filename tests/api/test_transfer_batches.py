@@ -16,15 +16,20 @@ from typing import Any
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 
-from tally.api.app import create_app
 from tally.bootstrap import Tally
 from tally.services.batch_intake import QUEUE
 from tally.services.queue_ports import NewJob
 from tests.api.holds_support import balances, batch, legs, open_accounts, simple
 from tests.observability.scrape import samples, total
-from tests.support import SESSION, LedgerKeys, assert_problem, idem, new_ledger, settings_for
+from tests.support import (
+    LedgerKeys,
+    assert_problem,
+    idem,
+    new_ledger,
+    serving_in_process,
+    settings_for,
+)
 
 STRONG = {"Tally-Consistency": "strong"}
 WAIT_SECONDS = 30.0  # a bound, only reached when a test fails
@@ -293,12 +298,8 @@ async def test_a_batch_of_another_ledger_is_not_found(client: httpx.AsyncClient,
 async def tally_client(tmp_path: Path) -> AsyncIterator[tuple[Tally, httpx.AsyncClient]]:
     """A client of a fresh app, and the running Tally behind it (to queue jobs the API cannot)."""
     tally = Tally(settings_for(tmp_path))
-    async with LifespanManager(create_app(tally)) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(
-            transport=transport, base_url="http://tally", event_hooks=SESSION.hooks()
-        ) as c:
-            yield tally, c
+    async with serving_in_process(tally) as c:
+        yield tally, c
 
 
 async def test_queue_metrics_show_runs_depths_and_dead_letters(

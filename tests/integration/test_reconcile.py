@@ -14,10 +14,8 @@ from typing import Any
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from sqlalchemy import select, update
 
-from tally.api.app import create_app
 from tally.bootstrap import Tally
 from tally.jobs.reconcile import ReconcileJob
 from tally.jobs.runs import OutcomeStatus, RunOutcome, new_owner, run_batch_job
@@ -25,7 +23,15 @@ from tally.services.ports import Database
 from tally.store import tables as t
 from tests.batch_jobs_support import run_job
 from tests.observability.scrape import samples, total
-from tests.support import LedgerKeys, idem, new_ledger, open_account, settings_for, transfer
+from tests.support import (
+    LedgerKeys,
+    idem,
+    new_ledger,
+    open_account,
+    serving_in_process,
+    settings_for,
+    transfer,
+)
 
 
 @dataclass
@@ -39,16 +45,14 @@ class Books:
 @pytest.fixture
 async def books(backend: str, tmp_path: Path) -> AsyncIterator[Books]:
     tally = Tally(settings_for(tmp_path, hold_sweep_seconds=3600.0, job_schedule=[]))
-    async with LifespanManager(create_app(tally)) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://tally") as client:
-            ledger = await new_ledger(client)
-            world = await open_account(client, ledger.write, normal_balance="debit", min_balance=None)
-            names = {"world": world["id"]}
-            for name in ("alice", "bob", "carol"):
-                names[name] = (await open_account(client, ledger.write, id=name))["id"]
-            await open_account(client, ledger.write, id="euro", currency="EUR")
-            yield Books(tally, client, ledger, names)
+    async with serving_in_process(tally, tokens=False) as client:
+        ledger = await new_ledger(client)
+        world = await open_account(client, ledger.write, normal_balance="debit", min_balance=None)
+        names = {"world": world["id"]}
+        for name in ("alice", "bob", "carol"):
+            names[name] = (await open_account(client, ledger.write, id=name))["id"]
+        await open_account(client, ledger.write, id="euro", currency="EUR")
+        yield Books(tally, client, ledger, names)
 
 
 async def make_history(books: Books) -> None:
@@ -173,14 +177,12 @@ async def test_a_corrupted_balance_and_a_broken_zero_sum_are_reported(books: Boo
 async def test_tally_jobs_run_reconcile_logs_each_difference_and_exits_with_status_2(tmp_path: Path) -> None:
     """On SQLite, through the real command: the error lines, the summary, and the exit status."""
     tally = Tally(settings_for(tmp_path, hold_sweep_seconds=3600.0, job_schedule=[]))
-    async with LifespanManager(create_app(tally)) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://tally") as client:
-            ledger = await new_ledger(client)
-            world = await open_account(client, ledger.write, normal_balance="debit", min_balance=None)
-            await open_account(client, ledger.write, id="alice")
-            assert (await transfer(client, ledger.write, world["id"], "alice", 25)).is_success
-            await corrupt_posted(tally.database, "alice", -5)
+    async with serving_in_process(tally, tokens=False) as client:
+        ledger = await new_ledger(client)
+        world = await open_account(client, ledger.write, normal_balance="debit", min_balance=None)
+        await open_account(client, ledger.write, id="alice")
+        assert (await transfer(client, ledger.write, world["id"], "alice", 25)).is_success
+        await corrupt_posted(tally.database, "alice", -5)
     ran = run_job(tmp_path / "tally.db", "reconcile", "2025-03-05", job_schedule="off")
     assert ran.returncode == 2, ran.stderr
     lines = [json.loads(line) for line in ran.stderr.splitlines() if line.startswith("{")]

@@ -15,18 +15,16 @@ from typing import Any
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
-from tally.api.app import create_app
 from tally.bootstrap import Tally
 from tally.domain.errors import TransientConflict
 from tally.jobs.runs import OutcomeStatus, new_owner, run_batch_job
 from tally.jobs.statements import StatementsJob
 from tally.services.ports import Database
 from tally.store.codec import to_micros
-from tests.support import LedgerKeys, new_ledger, open_account, settings_for, transfer
+from tests.support import LedgerKeys, new_ledger, open_account, serving_in_process, settings_for, transfer
 
 DAYS = [date(2025, 3, 1), date(2025, 3, 2), date(2025, 3, 3)]
 
@@ -43,15 +41,13 @@ class Books:
 async def books(backend: str, tmp_path: Path) -> AsyncIterator[Books]:
     settings = settings_for(tmp_path, hold_sweep_seconds=3600.0, job_schedule=[])
     tally = Tally(settings)
-    async with LifespanManager(create_app(tally)) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://tally") as client:
-            ledger = await new_ledger(client)
-            world = await open_account(client, ledger.write, normal_balance="debit", min_balance=None)
-            names = {"world": world["id"]}
-            for name in ("alice", "bob", "carol", "dave"):
-                names[name] = (await open_account(client, ledger.write, id=name))["id"]
-            yield Books(tally, client, ledger, names)
+    async with serving_in_process(tally, tokens=False) as client:
+        ledger = await new_ledger(client)
+        world = await open_account(client, ledger.write, normal_balance="debit", min_balance=None)
+        names = {"world": world["id"]}
+        for name in ("alice", "bob", "carol", "dave"):
+            names[name] = (await open_account(client, ledger.write, id=name))["id"]
+        yield Books(tally, client, ledger, names)
 
 
 async def move(books: Books, debit: str, credit: str, amount: int, **extra: Any) -> None:

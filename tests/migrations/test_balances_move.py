@@ -19,15 +19,21 @@ from typing import Any
 import httpx
 import pytest
 from alembic import command
-from asgi_lifespan import LifespanManager
 
-from tally.api.app import create_app
 from tally.bootstrap import Tally
 from tally.jobs.balances_backfill import BackfillAccountBalances
 from tally.jobs.runs import OutcomeStatus, run_batch_job
 from tally.store.schema import alembic_config
 from tests.integration.postgres_support import STRONG, check_books, listed
-from tests.support import BACKENDS, LedgerKeys, idem, new_ledger, open_account, settings_for
+from tests.support import (
+    BACKENDS,
+    LedgerKeys,
+    idem,
+    new_ledger,
+    open_account,
+    serving_in_process,
+    settings_for,
+)
 
 pytestmark = pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
 
@@ -57,11 +63,8 @@ async def serving(tmp_path: Path) -> AsyncIterator[tuple[Tally, httpx.AsyncClien
     )
     tally = Tally(settings)
     tally.database.balance_shape.switch_delay = 0.0
-    app = create_app(tally)
-    async with LifespanManager(app) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://tally") as client:
-            yield tally, client
+    async with serving_in_process(tally, tokens=False) as client:
+        yield tally, client
 
 
 async def until_phase(tally: Tally, phase: str) -> None:
