@@ -189,7 +189,12 @@ class PostgresDatabase:
         self.wakeups.listen(libpq_dsn(self.url))
 
     async def _look_at_schema(self) -> None:
-        async with self._primary.engine.connect() as conn:
+        # Outside the request semaphore and its metrics: one short catalog query a second, which a
+        # request needing that connection waits for about a millisecond. Not while the breaker is
+        # open: the schema changes only through migrations, and they need the primary.
+        if not self._breaker.allows():
+            return
+        async with asyncio.timeout(2.0), self._primary.engine.connect() as conn:
             await self.balance_shape.look(conn)
 
     async def stop(self) -> None:
