@@ -110,6 +110,24 @@ def drop_balance_triggers() -> None:
         op.execute(statement)
 
 
+def lock_for_ddl() -> None:
+    """On PostgreSQL, take the ``ACCESS EXCLUSIVE`` locks of both tables first, in one order.
+
+    A revision's statements each take the lock they need as they run — ``SHARE ROW EXCLUSIVE`` for
+    a foreign key or a trigger, ``ACCESS EXCLUSIVE`` for an ``ALTER`` — and upgrading a lock mid-way
+    deadlocks with a transfer that holds its row locks and waits to update: the live-migration
+    test met it. Taken first, the lock waits at most ``lock_timeout`` (then the revision is retried)
+    and is held for the few milliseconds of catalog changes that follow.
+    """
+    if _postgres():
+        names = [name for name in ("accounts", "account_balances") if _exists(name)]
+        op.execute(f"LOCK TABLE {', '.join(names)} IN ACCESS EXCLUSIVE MODE")
+
+
+def _exists(table: str) -> bool:
+    return bool(op.get_bind().execute(sa.text("SELECT to_regclass(:t) IS NOT NULL"), {"t": table}).scalar())
+
+
 def backfilled_at() -> int | None:
     """When the backfill job finished (µs since the epoch), or ``None``: not yet."""
     return op.get_bind().execute(_BACKFILLED_AT).scalar()

@@ -70,8 +70,11 @@ async def retrying_lock_waits(attempt: Callable[[], Awaitable[None]], lock_timeo
 
 
 def _lock_wait_ended(error: DBAPIError) -> bool:
-    """PostgreSQL's ``lock_timeout`` (55P03), or SQLite's busy timeout."""
-    if sqlstate(error) == "55P03":
+    """PostgreSQL's ``lock_timeout`` (55P03) or a deadlock it broke by rolling the migration back
+    (40P01: a revision that takes a weaker lock on a table before a stronger one can meet a
+    transaction doing the reverse), or SQLite's busy timeout. Either way nothing of that revision
+    is applied, and trying it again is safe."""
+    if sqlstate(error) in {"55P03", "40P01"}:
         return True
     return isinstance(error, OperationalError) and "database is locked" in str(error.orig)
 

@@ -18,6 +18,7 @@ from tally.migrations.balance_triggers import (
     backfilled_at,
     create_balance_triggers,
     drop_balance_triggers,
+    lock_for_ddl,
     wait_for_every_process,
 )
 from tally.migrations.operations import MigrationRefused
@@ -60,6 +61,7 @@ def _wait_for_processes() -> None:
 def upgrade() -> None:
     with op.get_context().autocommit_block():  # no lock held while processes switch
         _wait_for_processes()
+    lock_for_ddl()
     drop_balance_triggers()
     if op.get_bind().dialect.name == "postgresql":  # one ALTER: one short ACCESS EXCLUSIVE lock
         drops = ", ".join(f"DROP COLUMN {name}" for name in _BALANCES)
@@ -72,6 +74,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    lock_for_ddl()
     with op.batch_alter_table("accounts", table_kwargs={"sqlite_strict": True}) as batch:
         for name in _BALANCES:
             batch.add_column(sa.Column(name, _Int64, nullable=False, server_default="0"))

@@ -20,6 +20,7 @@ from tally.migrations.balance_triggers import (
     backfilled_at,
     create_balance_triggers,
     drop_balance_triggers,
+    lock_for_ddl,
     wait_for_every_process,
 )
 
@@ -46,6 +47,7 @@ def _defaults(value: str | None) -> None:
 
 
 def upgrade() -> None:
+    lock_for_ddl()
     op.create_table(
         "account_balances",
         sa.Column("account_pk", _Int64, autoincrement=False, nullable=False),
@@ -75,6 +77,7 @@ def downgrade() -> None:
             op.execute("DELETE FROM job_runs WHERE job = 'backfill-account-balances'")
             wait_for_every_process(int(time.time() * 1_000_000))
     # The triggers kept the old columns equal to the table until now: they hold every balance.
+    lock_for_ddl()
     drop_balance_triggers()
     op.drop_table("account_balances")
     _defaults(None)
