@@ -167,7 +167,8 @@ async def test_a_cache_server_killed_under_load_fails_no_request_and_is_used_aga
             load.stop.set()
             await asyncio.gather(*running)
 
-        assert load.failures == []
+        # The server's own account of a failure (a dropped connection leaves nothing in the answer).
+        assert load.failures == [], "\n".join(server.log_lines()[-30:])
         assert min(load.answered[phase] for phase in ("warm", "outage", "recovery")) > 0, load.answered
         # The outage was real: calls failed, and lookups fell through to the database.
         assert cache_errors(restarted) > cache_errors(before)
