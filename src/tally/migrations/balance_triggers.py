@@ -21,11 +21,9 @@ import time
 import sqlalchemy as sa
 from alembic import op
 
+from tally.store.balance_shape import BACKFILL_RUN, BACKFILLED_AT
+
 GRACE_SECONDS = 5.0  # > store.balance_shape.SWITCH_DELAY + the longest TALLY_SCHEMA_CHECK_MS (2 s)
-_BACKFILLED_AT = sa.text(
-    "SELECT finished_at FROM job_runs"
-    " WHERE job = 'backfill-account-balances' AND period = 'all' AND status = 'finished'"
-)
 
 _COPY_FORWARD = """
     INSERT INTO account_balances (account_pk, posted, pending_debits, pending_credits, version, updated_at)
@@ -130,7 +128,7 @@ def _exists(table: str) -> bool:
 
 def backfilled_at() -> int | None:
     """When the backfill job finished (µs since the epoch), or ``None``: not yet."""
-    return op.get_bind().execute(_BACKFILLED_AT).scalar()
+    return op.get_bind().execute(BACKFILLED_AT, BACKFILL_RUN).scalar()
 
 
 def wait_for_every_process(since_micros: int) -> None:
@@ -147,3 +145,8 @@ def wait_for_every_process(since_micros: int) -> None:
     waited = time.time() - since_micros / 1_000_000
     if waited < grace:
         time.sleep(grace - waited)
+
+
+def forget_backfill() -> None:
+    """Delete the backfill's run: processes that switched to the table switch back (``balance_shape``)."""
+    op.get_bind().execute(sa.text("DELETE FROM job_runs WHERE job = :job AND period = :period"), BACKFILL_RUN)

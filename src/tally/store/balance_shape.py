@@ -25,9 +25,12 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, text
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import text
+
+if TYPE_CHECKING:  # the repositories' base module imports this one
+    from tally.store.repositories.base import SqlConnection
 
 BACKFILL_JOB = "backfill-account-balances"
 BACKFILL_PERIOD = "all"
@@ -45,9 +48,11 @@ _POSTGRES_PROBE = text(
     "   AND attname = 'posted' AND NOT attisdropped),"
     " to_regclass('job_runs') IS NOT NULL"
 )
-_BACKFILLED = text(
+# When the backfill finished (µs), if it has; the contract step reads it too (migrations.balance_triggers).
+BACKFILLED_AT = text(
     "SELECT finished_at FROM job_runs WHERE job = :job AND period = :period AND status = 'finished'"
 )
+BACKFILL_RUN = {"job": BACKFILL_JOB, "period": BACKFILL_PERIOD}
 
 
 @dataclass(slots=True)
@@ -76,21 +81,14 @@ class BalanceShape:
         switched = backfilled_at is not None and time.time() - backfilled_at / 1e6 >= self.switch_delay
         self.backfilled = switched or not self.old_columns
 
-    def look_sync(self, conn: Connection) -> None:
-        """Refresh from the catalog through a synchronous (SQLite) connection."""
-        new_table, old_columns, has_runs = conn.execute(_SQLITE_PROBE).one()
+    async def look(self, conn: SqlConnection) -> None:
+        """Refresh from the catalog (one probe of this dialect, then the backfill's run if needed)."""
+        probe = _POSTGRES_PROBE if conn.dialect.name == "postgresql" else _SQLITE_PROBE
+        found: Any = (await conn.execute(probe)).one()
+        new_table, old_columns, has_runs = found
         at = None
         if has_runs and new_table and old_columns:
-            at = conn.execute(_BACKFILLED, {"job": BACKFILL_JOB, "period": BACKFILL_PERIOD}).scalar()
-        self._seen(new_table, old_columns, at)
-
-    async def look(self, conn: AsyncConnection) -> None:
-        """Refresh from the catalog through an asynchronous (PostgreSQL) connection."""
-        new_table, old_columns, has_runs = (await conn.execute(_POSTGRES_PROBE)).one()
-        at = None
-        if has_runs and new_table and old_columns:
-            params = {"job": BACKFILL_JOB, "period": BACKFILL_PERIOD}
-            at = (await conn.execute(_BACKFILLED, params)).scalar()
+            at = (await conn.execute(BACKFILLED_AT, BACKFILL_RUN)).scalar()
         self._seen(new_table, old_columns, at)
 
 

@@ -51,7 +51,7 @@ from tally.store.schema import (
 )
 
 REQUIRED_EXPAND = "0002_statements"  # the newest expand revision whose tables this code writes
-_SCHEMA_LOCK = 0x7461_6C6C_7900  # store.postgres's: held while a schema is created or adopted
+SCHEMA_LOCK = 0x7461_6C6C_7900  # advisory lock: one process creates or adopts a schema at a time
 _log = logging.getLogger("tally.migrations")
 
 
@@ -256,7 +256,7 @@ async def _migrate(
 def _adopt(conn: Connection, known: Revisions, on_step: StepReport | None) -> None:
     """Bring an empty or unversioned database under migrations; leave no transaction open."""
     if conn.dialect.name == "postgresql":  # a starting Tally may be creating the schema too
-        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
     found = found_schema(conn)
     if found.state == "empty":
         create_head_schema(conn, known)

@@ -36,12 +36,11 @@ from tally.store.balance_shape import BalanceShape, keep_looking
 from tally.store.breaker import Breaker
 from tally.store.database import SqlTransaction
 from tally.store.instrumentation import ConnectionObserver, Unobserved
-from tally.store.migrations import ensure_schema
+from tally.store.migrations import SCHEMA_LOCK, ensure_schema
 from tally.store.pg_errors import is_unreachable, translated
 from tally.store.replicas import ReplicaMonitor, ReplicaState, format_lsn, parse_lsn
 from tally.store.wakeups import Wakeups
 
-_SCHEMA_LOCK = 0x7461_6C6C_7900  # advisory lock: one process creates the schema at a time
 _TIMEOUT = text("SELECT set_config('statement_timeout', :ms, true)")
 _TIMEOUT_AND_NOW = text(
     "SELECT set_config('statement_timeout', :ms, true),"
@@ -175,7 +174,7 @@ class PostgresDatabase:
         """Create the schema where it is missing (one process at a time); start watching replicas."""
         with translated("primary"):
             async with self._primary.engine.begin() as conn:
-                await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
+                await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
                 await conn.run_sync(ensure_schema)  # an empty database gets the schema; any other, a check
                 self._position = parse_lsn((await conn.execute(_LSN)).scalar_one())
         with translated("primary"):

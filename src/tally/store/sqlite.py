@@ -171,7 +171,7 @@ class SqliteDatabase:
     async def _look_at_schema(self) -> None:
         conn = await self._readers.get()
         try:
-            self.balance_shape.look_sync(conn)
+            await self.balance_shape.look(SqliteConnection(conn))
         finally:
             conn.rollback()
             self._readers.put_nowait(conn)

@@ -20,6 +20,7 @@ from tally.migrations.balance_triggers import (
     backfilled_at,
     create_balance_triggers,
     drop_balance_triggers,
+    forget_backfill,
     lock_for_ddl,
     wait_for_every_process,
 )
@@ -74,7 +75,7 @@ def downgrade() -> None:
     # forget the backfill, then give every process the time to look again.
     if backfilled_at() is not None:
         with op.get_context().autocommit_block():
-            op.execute("DELETE FROM job_runs WHERE job = 'backfill-account-balances'")
+            forget_backfill()
             wait_for_every_process(int(time.time() * 1_000_000))
     # The triggers kept the old columns equal to the table until now: they hold every balance.
     lock_for_ddl()
