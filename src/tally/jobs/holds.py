@@ -13,11 +13,10 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from tally.domain.transfers import TransferStatus
 from tally.jobs.runs import Step
 from tally.jobs.schedule import EVERY_MINUTE, Schedule
+from tally.services.holds import expire_holds_due
 from tally.services.ports import Transaction
-from tally.services.postings import lock_accounts
 
 
 class ExpireHolds:
@@ -45,17 +44,10 @@ class ExpireHolds:
     async def step(self, tx: Transaction, period: str, state: dict[str, Any] | None) -> Step:
         _, end = self.schedule.bounds(period)
         expired = 0 if state is None else int(state["expired"])
-        # The time is fixed before the locks, as the sweeper does (services.holds.expire_due_holds);
-        # a locked account that changed after it makes the step run again (TransientConflict).
+        # The time is fixed before the locks, as the sweeper does (services.holds.expire_due_holds).
         now = await tx.now()
-        due = await tx.holds.expiring(min(now, _last_instant(end)), self.batch)
-        for pk in due:
-            transfer = await tx.transfers.lock_by_pk(pk)
-            if transfer is None or transfer.status is not TransferStatus.PENDING:
-                continue  # expired a moment ago, with the accounts of another due hold
-            # Locking its accounts expires it, with every other due hold on them, in order.
-            await lock_accounts(tx, transfer.ledger_id, (leg.account_id for leg in transfer.legs))
-        return Step(done=len(due), state={"expired": expired + len(due)}, finished=len(due) < self.batch)
+        due = await expire_holds_due(tx, min(now, _last_instant(end)), self.batch)
+        return Step(done=due, state={"expired": expired + due}, finished=due < self.batch)
 
 
 def _last_instant(end: datetime) -> datetime:

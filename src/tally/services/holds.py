@@ -69,12 +69,21 @@ async def expire_due_holds(database: Database) -> int:
         if not await tx.holds.expiring(await tx.now(), 1):
             return 0
     async with database.write() as tx:
-        now = await tx.now()
-        due = await tx.holds.expiring(now, SWEEP_BATCH)
-        for pk in due:
-            transfer = await tx.transfers.lock_by_pk(pk)
-            if transfer is None or transfer.status is not TransferStatus.PENDING:
-                continue  # expired a moment ago, with the accounts of another due hold
-            # Locking its accounts expires it, with every other due hold on them, in order.
-            await lock_accounts(tx, transfer.ledger_id, (leg.account_id for leg in transfer.legs))
+        return await expire_holds_due(tx, await tx.now(), SWEEP_BATCH)
+
+
+async def expire_holds_due(tx: Transaction, at: datetime, limit: int) -> int:
+    """In ``tx``, expire up to ``limit`` holds due at or before ``at``, oldest expiry first; how many
+    were due (the sweeper's transaction, and a step of the ``expire-holds`` batch job).
+
+    Fix ``at`` before calling: a locked account that changed after it makes the transaction run
+    again (``TransientConflict``, ADR 0020).
+    """
+    due = await tx.holds.expiring(at, limit)
+    for pk in due:
+        transfer = await tx.transfers.lock_by_pk(pk)
+        if transfer is None or transfer.status is not TransferStatus.PENDING:
+            continue  # expired a moment ago, with the accounts of another due hold
+        # Locking its accounts expires it, with every other due hold on them, in order.
+        await lock_accounts(tx, transfer.ledger_id, (leg.account_id for leg in transfer.legs))
     return len(due)
