@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -73,3 +77,60 @@ async def test_write_times_never_go_backwards_even_when_the_clock_does(tmp_path:
         assert len(set(times)) == 3
     finally:
         await db.stop()
+
+
+SLOW_DISK_SECONDS = 0.3
+
+
+def slow_disk(database: SqliteDatabase, committing: threading.Event) -> None:
+    """Each COMMIT waits ``SLOW_DISK_SECONDS`` first, as an fsync on a busy disk does."""
+    dialect = database.engines[0].dialect
+    commit = dialect.do_commit
+
+    def do_commit(dbapi_connection: Any) -> None:
+        committing.set()
+        time.sleep(SLOW_DISK_SECONDS)
+        commit(dbapi_connection)
+
+    dialect.do_commit = do_commit  # type: ignore[method-assign]
+
+
+async def _write_ledger(database: SqliteDatabase, ledger_id: str) -> None:
+    async with database.write() as tx:
+        await tx.ledgers.add(Ledger(ledger_id, ledger_id, datetime.now(UTC)))
+
+
+async def test_a_slow_commit_leaves_the_loop_free_for_other_requests(database: SqliteDatabase) -> None:
+    committing = threading.Event()
+    slow_disk(database, committing)
+    writing = asyncio.create_task(_write_ledger(database, "led_slow"))
+    assert await asyncio.to_thread(committing.wait, 10)
+    # The commit waits on the disk in its thread; meanwhile this loop still answers reads.
+    reads = 0
+    while not writing.done():
+        async with database.read() as tx:
+            await tx.ledgers.get("led_slow")
+        reads += 1
+        await asyncio.sleep(0.005)
+    await writing
+    assert reads > 1  # on the loop, the commit would have held every other coroutine back
+    async with database.read() as tx:
+        assert await tx.ledgers.get("led_slow") is not None
+
+
+async def test_a_write_cancelled_while_committing_is_committed_and_the_writer_stays_usable(
+    database: SqliteDatabase,
+) -> None:
+    committing = threading.Event()
+    slow_disk(database, committing)
+    writing = asyncio.create_task(_write_ledger(database, "led_cancelled"))
+    assert await asyncio.to_thread(committing.wait, 10)
+    writing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await writing
+    # The commit was under way: it was seen through, not rolled back half-way.
+    async with database.read() as tx:
+        assert await tx.ledgers.get("led_cancelled") is not None
+    await _write_ledger(database, "led_after")
+    async with database.read() as tx:
+        assert await tx.ledgers.get("led_after") is not None

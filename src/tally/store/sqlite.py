@@ -10,7 +10,11 @@ waits are asynchronous:
   the database's write lock, never past the request's budget;
 - a reader: a small pool of read connections handed out through an ``asyncio.Queue``;
 - the budget: a progress handler interrupts a statement that runs past the request's deadline,
-  which rolls the transaction back (``DeadlineExceeded``, nothing applied).
+  which rolls the transaction back (``DeadlineExceeded``, nothing applied);
+- the COMMIT: it runs in a worker thread (sqlite3 releases the GIL), because its fsync waits on the
+  disk, and a busy disk can take seconds: on the loop that froze every request of the process, even
+  those the cache answers. Once started, a commit is seen through even if the awaiting task is
+  cancelled, so nothing touches the connection while the thread has it.
 
 Both waits are reported to a ``ConnectionObserver`` (``store.instrumentation``), and so is each
 connection while a transaction holds it: the writer lock wait and the reader pool are where a
@@ -125,7 +129,8 @@ class SqliteDatabase:
         return "writer" if conn is self._writer else "reader"
 
     def _create_engine(self, synchronous: str) -> Engine:
-        engine = create_engine(self.url, poolclass=NullPool)
+        # The writer's COMMIT runs in a worker thread (see write()); one transaction at a time uses it.
+        engine = create_engine(self.url, poolclass=NullPool, connect_args={"check_same_thread": False})
 
         @event.listens_for(engine, "connect")
         def on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -253,7 +258,7 @@ class SqliteDatabase:
             try:
                 with _interrupt_at_deadline(conn):
                     yield tx
-                    conn.commit()
+                cancelled = await _commit_off_loop(conn)
             except BaseException:
                 conn.rollback()
                 raise
@@ -266,6 +271,8 @@ class SqliteDatabase:
         finally:
             self._observer.holding("writer", -1)
             self._write_lock.release()
+        if cancelled:  # committed all the same: the bookkeeping above is done, the listener skipped
+            raise asyncio.CancelledError
         if committed is not None and self._commit_listener is not None:
             await self._commit_listener(committed)  # after the lock: cache calls never hold writers
 
@@ -334,6 +341,25 @@ class SqliteDatabase:
                 raise DeadlineExceeded("The time budget ran out waiting for the database lock.")
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.05)
+
+
+async def _commit_off_loop(conn: Connection) -> bool:
+    """COMMIT in a worker thread; return whether the awaiting task was cancelled meanwhile.
+
+    A cancellation does not stop a commit under way: it is noted, the commit is waited for, and
+    the caller raises it once the commit's outcome is known (and kept).
+    """
+    committing = asyncio.ensure_future(asyncio.to_thread(conn.commit))
+    cancelled = False
+    while not committing.done():
+        try:
+            await asyncio.shield(committing)
+        except asyncio.CancelledError:
+            cancelled = True
+        except BaseException:
+            break
+    committing.result()  # the commit's own error, if it failed
+    return cancelled
 
 
 class _interrupt_at_deadline:  # noqa: N801 - used as a context manager, reads like one
