@@ -1,4 +1,4 @@
-"""``tally serve | worker | queue | jobs | keygen | openapi``: the command line."""
+"""``tally serve | worker | queue | jobs | bench | keygen | openapi``: the command line."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import tempfile
 from collections.abc import Sequence
 from typing import Any
 
+from tally.bench.command import add_bench_command, run_bench_command
 from tally.config import Settings
 from tally.db_commands import add_db_commands, run_db_command, schema_refusal
 from tally.domain.keys import new_secret
@@ -38,6 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands.add_parser("openapi", help="print the OpenAPI document")
     add_db_commands(commands)
     add_jobs_commands(commands)
+    add_bench_command(commands)
     args = parser.parse_args(argv)
 
     if args.command == "keygen":
@@ -57,6 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_db_command(args)
     if args.command == "jobs":
         return run_jobs_command(args)
+    if args.command == "bench":
+        return run_bench_command(args)
     return _serve(args)
 
 
