@@ -10,12 +10,12 @@ one transaction. ``single`` is the yardstick of the ``single``, ``hot`` and ``mi
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
+from tally.bench.ceiling import sqlite_batch, sqlite_single
 from tally.bench.options import BenchOptions
+from tally.bench.pgbench import postgres_single
 from tally.bench.results import Measured
 
 PGBENCH_CLIENTS = 8
@@ -26,15 +26,12 @@ Progress = Callable[[str], None]
 
 async def sqlite_ceilings(directory: Path, options: BenchOptions, progress: Progress) -> dict[str, Measured]:
     """The SQLite ceilings, each on a fresh file in ``directory``."""
-    ceiling = _module("tally.bench.ceiling", progress)
-    if ceiling is None:
-        return {}
     progress(f"sqlite: raw single-transfer ceiling, {options.warmup:g} s warm-up + {options.seconds:g} s")
-    single = await ceiling.sqlite_single(
+    single = await sqlite_single(
         directory / "ceiling-single.db", options.accounts, options.seconds, warmup=options.warmup
     )
     progress(f"sqlite: raw batch ceiling, {options.warmup:g} s warm-up + {options.seconds:g} s")
-    batch = await ceiling.sqlite_batch(
+    batch = await sqlite_batch(
         directory / "ceiling-batch.db",
         options.accounts,
         options.seconds,
@@ -46,23 +43,11 @@ async def sqlite_ceilings(directory: Path, options: BenchOptions, progress: Prog
 
 async def postgresql_ceilings(url: str, options: BenchOptions, progress: Progress) -> dict[str, Measured]:
     """The PostgreSQL ceiling on the (fresh) database at ``url``."""
-    pgbench = _module("tally.bench.pgbench", progress)
-    if pgbench is None:
-        return {}
-    progress(f"postgresql: pgbench single-transfer ceiling, {PGBENCH_CLIENTS} clients, {options.seconds:g} s")
-    single = await pgbench.postgres_single(
-        url, options.accounts, clients=PGBENCH_CLIENTS, seconds=options.seconds
+    progress(
+        f"postgresql: pgbench single-transfer ceiling, {PGBENCH_CLIENTS} clients, "
+        f"{options.warmup:g} s warm-up + {options.seconds:g} s"
+    )
+    single = await postgres_single(
+        url, options.accounts, clients=PGBENCH_CLIENTS, seconds=options.seconds, warmup=options.warmup
     )
     return {"single": single}
-
-
-def _module(name: str, progress: Progress) -> Any:
-    # HOOK: the ceilings are written alongside this module (issue 9); until they exist, the bench
-    # runs without them and says so. Once they do, import them directly.
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as error:
-        if error.name != name:
-            raise
-        progress(f"no ceiling: {name} is not there yet")
-        return None

@@ -22,14 +22,16 @@ import orjson
 from tally.bench.chart import Line, chart_html
 from tally.bench.databases import DatabaseResult, bench_postgresql, bench_sqlite
 from tally.bench.options import BenchOptions
+from tally.bench.pgbench import PgbenchFailed
 from tally.bench.report import NOTES, Report
 from tally.bench.results import Measured
 from tally.bench.setup import SetupError
 from tally.harness.postgres import ClusterError, cluster, find_postgres
 from tally.harness.tally_server import TallyServerError
 
-# Why a bench could not run: no PostgreSQL, a server that would not start, a setup request refused.
-BENCH_ERRORS = (ClusterError, TallyServerError, SetupError)
+# Why a bench could not run: no PostgreSQL or pgbench, a server that would not start, a setup
+# request refused.
+BENCH_ERRORS = (ClusterError, PgbenchFailed, TallyServerError, SetupError)
 
 
 def run_bench(options: BenchOptions, progress: Callable[[str], None]) -> Report:
