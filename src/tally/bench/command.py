@@ -46,6 +46,9 @@ def add_bench_command(commands: Any) -> None:
         "--hot-clients", type=int, default=defaults.hot_clients, help="closed-loop clients of `hot` (32)"
     )
     bench.add_argument(
+        "--batch-size", type=int, default=defaults.batch_size, help="transfers per `batch` request (1000)"
+    )
+    bench.add_argument(
         "--rate", type=float, default=defaults.rate, help="open-loop requests/s of `single` (1000)"
     )
     bench.add_argument("--workers", type=int, default=defaults.workers, help="tally serve workers (1)")
@@ -65,6 +68,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
             hot_accounts=args.hot_accounts,
             clients=args.clients,
             hot_clients=args.hot_clients,
+            batch_size=args.batch_size,
             rate=args.rate,
             workers=args.workers,
         )
