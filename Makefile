@@ -32,12 +32,9 @@ lock: ## Re-lock the Python dependencies (needs uv)
 	uv pip compile pyproject.toml --generate-hashes --python-version 3.11 -o requirements/runtime.lock
 	uv pip compile pyproject.toml --extra dev --generate-hashes --python-version 3.11 -o requirements/dev.lock
 
-bench: ## Single transfers over HTTP (1 and 16 clients), SQLite vs PostgreSQL, batches, the observability overhead, balance reads with no cache, memory, Redis and Memcached, WAL per transfer by balance shape
+bench: ## tally bench (every scenario on SQLite and PostgreSQL next to their ceilings), then the observability overhead, balance reads with no cache, memory, Redis and Memcached, WAL per transfer by balance shape
 	./scripts/bootstrap.sh dev
-	$(VENV)/python scripts/bench_sequential.py
-	$(VENV)/python scripts/bench_sequential.py --clients 16 --transfers 4000
-	$(VENV)/python scripts/bench_databases.py
-	$(VENV)/python scripts/bench_batch.py
+	$(VENV)/tally bench
 	$(VENV)/python scripts/bench_observability.py
 	$(VENV)/python scripts/bench_cache.py
 	$(VENV)/python scripts/bench_account_balances.py
