@@ -91,6 +91,7 @@ def test_errors_are_listed_by_code() -> None:
         "409 insufficient_funds: 2, error ConnectionClosed: 1"
     )
     assert errors_by_code(measured("single", {"201": 3})) == "-"
+    assert errors_by_code(measured("batch", {})) == "no request in the window"
 
 
 @pytest.mark.parametrize(

@@ -30,7 +30,8 @@ NOTES = (
     "Server: TALLY_LOG_LEVEL=WARNING and TALLY_RATE_LIMIT=off, everything else default: this measures "
     "the service, not the volume of its access log; one key drives all the load.",
     "The load generator runs on the same machine as the server and shares its CPUs.",
-    "Open loop: latency from each request's intended send time (no coordinated omission).",
+    "Open loop: latency from each request's intended send time (no coordinated omission); its "
+    "clients are the connections it took, the most requests in flight at once.",
     "achieved/s counts answers over the time from the window's start to the last answer.",
     "P99.9 is shown only with at least 10,000 samples.",
 )
@@ -148,6 +149,8 @@ def git_commit() -> str | None:
 
 def errors_by_code(measured: Measured) -> str:
     """``"409 insufficient_funds: 3, error ConnectionClosed: 1"``, or ``"-"`` without any."""
+    if not measured.statuses:
+        return "no request in the window"  # e.g. requests slower than the whole window
     failures = sorted((status, count) for status, count in measured.statuses.items() if status[0] != "2")
     return ", ".join(f"{status}: {count}" for status, count in failures) or "-"
 

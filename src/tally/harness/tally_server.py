@@ -53,6 +53,12 @@ class TallyServer:
                 self.process.wait()
         return self.process.returncode
 
+    def kill(self) -> int:
+        """SIGKILL, as a crash: no graceful shutdown; return the exit status."""
+        if self.process.poll() is None:
+            self.process.kill()
+        return self.process.wait()
+
     def log_tail(self, lines: int = 40) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
