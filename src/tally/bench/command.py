@@ -2,7 +2,8 @@
 
 Writes ``results.json`` and ``latency.html`` to ``--out`` (and each server's log), prints the
 table. Exit status: 0; 1 when a request got a 5xx answer or a transport error, or the bench could
-not run (no PostgreSQL, a server that would not start, a setup request refused); 2 bad options.
+not run (no PostgreSQL or pgbench, a server that would not start, a setup request refused);
+2 bad options.
 """
 
 from __future__ import annotations
@@ -35,23 +36,37 @@ def add_bench_command(commands: Any) -> None:
         help="repeat to choose several (default: all)",
     )
     number = {"type": float, "metavar": "SECONDS"}
-    bench.add_argument("--seconds", **number, default=defaults.seconds, help="per measurement (10)")
-    bench.add_argument("--warmup", **number, default=defaults.warmup, help="before each measurement (2)")
-    bench.add_argument("--accounts", type=int, default=defaults.accounts, help="accounts opened (10000)")
+    bench.add_argument("--seconds", **number, default=defaults.seconds, help="per measurement (%(default)s)")
     bench.add_argument(
-        "--hot-accounts", type=int, default=defaults.hot_accounts, help="accounts of `hot` (10)"
-    )
-    bench.add_argument("--clients", type=int, default=defaults.clients, help="closed-loop clients (16)")
-    bench.add_argument(
-        "--hot-clients", type=int, default=defaults.hot_clients, help="closed-loop clients of `hot` (32)"
+        "--warmup", **number, default=defaults.warmup, help="before each measurement (%(default)s)"
     )
     bench.add_argument(
-        "--batch-size", type=int, default=defaults.batch_size, help="transfers per `batch` request (1000)"
+        "--accounts", type=int, default=defaults.accounts, help="accounts opened (%(default)s)"
     )
     bench.add_argument(
-        "--rate", type=float, default=defaults.rate, help="open-loop requests/s of `single` (1000)"
+        "--hot-accounts", type=int, default=defaults.hot_accounts, help="accounts of `hot` (%(default)s)"
     )
-    bench.add_argument("--workers", type=int, default=defaults.workers, help="tally serve workers (1)")
+    bench.add_argument(
+        "--clients", type=int, default=defaults.clients, help="closed-loop clients (%(default)s)"
+    )
+    bench.add_argument(
+        "--hot-clients",
+        type=int,
+        default=defaults.hot_clients,
+        help="closed-loop clients of `hot` (%(default)s)",
+    )
+    bench.add_argument(
+        "--batch-size",
+        type=int,
+        default=defaults.batch_size,
+        help="transfers per `batch` request (%(default)s)",
+    )
+    bench.add_argument(
+        "--rate", type=float, default=defaults.rate, help="open-loop requests/s of `single` (%(default)s)"
+    )
+    bench.add_argument(
+        "--workers", type=int, default=defaults.workers, help="tally serve workers (%(default)s)"
+    )
     bench.add_argument("--out", type=Path, help="output directory (./bench-results/<timestamp>)")
 
 
