@@ -4,7 +4,7 @@ Latency by percentile, as HdrHistogram plots it: the x axis is the percentile on
 ``1 / (1 - p)``, so that 90 %, 99 %, 99.9 %, 99.99 % are evenly spaced and the tail gets as much
 room as the median; the y axis is the latency in milliseconds, log-scaled too, so that a batch of
 1000 transfers and a balance read fit on one page. One line per measurement: colour by scenario
-and mode, solid on SQLite, dashed on PostgreSQL; a ceiling is dotted. A line ends at the
+and mode, solid on SQLite, dashed on PostgreSQL; a ceiling is dotted, coloured by database too. A line ends at the
 percentile its samples can resolve (``1 - 1/count``), at the maximum.
 """
 
@@ -98,7 +98,9 @@ def _svg(lines: Sequence[Line]) -> str:
     )
     colours: dict[str, str] = {}
     for number, (line, points) in enumerate(zip(lines, curves, strict=True)):
-        key = f"{line.measured.scenario}/{line.measured.mode}/{line.ceiling}"
+        # A ceiling is always dotted, so its colour tells its database.
+        database = line.measured.database if line.ceiling else ""
+        key = f"{line.measured.scenario}/{line.measured.mode}/{database}"
         colour = colours.setdefault(key, PALETTE[len(colours) % len(PALETTE)])
         dash = CEILING_DASH if line.ceiling else DASHES.get(line.measured.database, "")
         path = " ".join(f"{x(d):.1f},{y(ms):.1f}" for d, ms in points)
