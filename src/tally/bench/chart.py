@@ -4,8 +4,8 @@ Latency by percentile, as HdrHistogram plots it: the x axis is the percentile on
 ``1 / (1 - p)``, so that 90 %, 99 %, 99.9 %, 99.99 % are evenly spaced and the tail gets as much
 room as the median; the y axis is the latency in milliseconds, log-scaled too, so that a batch of
 1000 transfers and a balance read fit on one page. One line per measurement: colour by scenario
-and mode, solid on SQLite, dashed on PostgreSQL; a ceiling is dotted, coloured by database too. A line ends at the
-percentile its samples can resolve (``1 - 1/count``), at the maximum.
+and mode, solid on SQLite, dashed on PostgreSQL; a ceiling is dotted, coloured by database too.
+A line ends at the percentile its samples can resolve (``1 - 1/count``), at the maximum.
 """
 
 from __future__ import annotations
