@@ -231,6 +231,7 @@ def open_database(
             lock_wait_seconds=lock_wait,
             observer=observer,
             schema_check_seconds=settings.schema_check_ms / 1000,
+            group_limit=settings.sqlite_group_commit,
         )
     if backend == "postgresql":
         return PostgresDatabase(

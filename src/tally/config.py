@@ -70,6 +70,12 @@ class Settings(BaseSettings):
         default="FULL", description="FULL survives power loss; NORMAL only process crashes."
     )
     read_pool_size: int = Field(default=4, ge=1, le=64)
+    sqlite_group_commit: int = Field(
+        default=64,
+        ge=1,
+        le=1000,
+        description="Most write transactions one SQLite COMMIT may carry (group commit); 1 turns it off.",
+    )
     hold_sweep_seconds: float = Field(
         default=1.0,
         gt=0,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import httpx
@@ -20,8 +21,10 @@ async def test_an_unexpected_failure_is_a_500_problem_with_the_request_id_and_no
     async with LifespanManager(app) as manager:
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://tally") as client:
-            # The schema is broken under the running app: a failure no code path expects.
-            BACKENDS.rows(tmp_path, "ALTER TABLE ledgers RENAME TO ledgers_gone")
+            # The schema is broken under the running app: a failure no code path expects. In a
+            # thread: the app's loop must go on (an open commit group holds the file's write lock
+            # until its committer, a task on this loop, commits it).
+            await asyncio.to_thread(BACKENDS.rows, tmp_path, "ALTER TABLE ledgers RENAME TO ledgers_gone")
             response = await client.post(
                 "/v1/ledgers", json={"name": "lost"}, headers={**ROOT, "X-Request-ID": "boom-1"}
             )

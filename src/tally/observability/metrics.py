@@ -98,6 +98,11 @@ class Metrics:
             "Time a transaction waited for its connection (the writer: both write locks).",
             ["role"], buckets=WAIT_BUCKETS, registry=registry,
         )  # fmt: skip
+        self.commit_group_size = Histogram(
+            "tally_db_commit_group_size",
+            "Write transactions committed by one SQLite COMMIT (group commit).",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=registry,
+        )  # fmt: skip
         self.pool_in_use = Gauge(
             "tally_db_connections_in_use", "Connections held by a transaction now.", ["role"],
             registry=registry, multiprocess_mode="livesum",

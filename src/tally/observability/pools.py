@@ -36,6 +36,9 @@ class PoolMetrics:
         in_use = self._in_use.get(role)
         (in_use if in_use is not None else self._child(role)[1]).inc(delta)
 
+    def committed_group(self, members: int) -> None:
+        self._metrics.commit_group_size.observe(members)
+
     def replication(self, primary_up: bool, lags: dict[str, float]) -> None:
         self._metrics.primary_up.set(1 if primary_up else 0)
         for replica, seconds in lags.items():

@@ -23,6 +23,9 @@ class ConnectionObserver(Protocol):
     def holding(self, role: str, delta: int) -> None:
         """A connection of ``role`` was taken (``+1``) or given back (``-1``)."""
 
+    def committed_group(self, members: int) -> None:
+        """One SQLite COMMIT made ``members`` write transactions durable (``store.commit_groups``)."""
+
     def replication(self, primary_up: bool, lags: dict[str, float]) -> None:
         """The replica monitor's last sample: whether the primary answered, each replica's lag."""
 
@@ -34,6 +37,9 @@ class Unobserved:
         pass
 
     def holding(self, role: str, delta: int) -> None:
+        pass
+
+    def committed_group(self, members: int) -> None:
         pass
 
     def replication(self, primary_up: bool, lags: dict[str, float]) -> None:

@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager, suppress
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ from tally.services.deadline import current_deadline, remaining
 from tally.services.ports import CommitListener
 from tally.store import tables
 from tally.store.balance_shape import BalanceShape, keep_looking
+from tally.store.commit_groups import CommitGroup
 from tally.store.database import SqlTransaction
 from tally.store.instrumentation import ConnectionObserver, Unobserved
 from tally.store.migrations import ensure_schema
@@ -95,6 +97,7 @@ class SqliteDatabase:
         lock_wait_seconds: float = 10.0,
         observer: ConnectionObserver | None = None,
         schema_check_seconds: float = 1.0,
+        group_limit: int = 64,
     ) -> None:
         self.url = make_url(url).set(drivername="sqlite+pysqlite")
         # Where account balances live while their move ships; looked at again every few seconds.
@@ -109,6 +112,10 @@ class SqliteDatabase:
         self._writer: Connection | None = None
         self._readers: asyncio.Queue[Connection] = asyncio.Queue()
         self._write_lock = asyncio.Lock()
+        self._queued = 0  # writers waiting for the lock: the open group commits when none is left
+        self._group: CommitGroup | None = None  # the open transaction, while one is
+        self._group_limit = group_limit
+        self._committers: set[asyncio.Task[None]] = set()
         self._last_write_micros = 0
         self._position = 0
         self._commit_listener: CommitListener | None = None
@@ -182,6 +189,8 @@ class SqliteDatabase:
             self._readers.put_nowait(conn)
 
     async def stop(self) -> None:
+        while self._committers:  # the last writes' groups: let them commit
+            await asyncio.gather(*self._committers, return_exceptions=True)
         if self._looking is not None:
             self._looking.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -233,48 +242,140 @@ class SqliteDatabase:
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[SqlTransaction]:
-        budget = remaining(self._lock_wait)
+        """One write transaction: a savepoint of the open commit group (``store.commit_groups``)."""
         asked = time.perf_counter()
+        await self._take_writer(asked)
+        self._observer.holding("writer", 1)
+        group: CommitGroup | None = None
+        conn = self._writer
+        try:
+            if conn is None:
+                raise RuntimeError("start() has not run")
+            try:
+                group = self._group or await self._open_group(conn)
+            finally:
+                # The wait to write is both locks: this process's writer, then the file's.
+                self._observer.waited("writer", time.perf_counter() - asked)
+            with self._member(conn, group) as tx:
+                yield tx
+        finally:
+            try:
+                if conn is not None and group is not None and self._group is group:
+                    if self._last_of(group):
+                        await self._finish(conn, group)
+                    else:  # the writers queued behind this one join it; one of them commits it
+                        self._commit_later(conn, group)
+            finally:
+                self._observer.holding("writer", -1)
+                self._write_lock.release()
+        await group.committed()
+        # Committed: the outbox position is this write's consistency token (ADR 0011). Under the
+        # file's write lock nothing committed after the group: the position covers it exactly.
+        committed = tx.committed(self._position)
+        if committed is not None and self._commit_listener is not None:
+            await self._commit_listener(committed)  # after the lock: cache calls never hold writers
+
+    async def _take_writer(self, asked: float) -> None:
+        """This process's writer lock, within the request's budget; counted as queued meanwhile."""
+        self._queued += 1
         try:
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a cancellation that
             # arrives as the lock is taken (bpo-42130), and a worker's shutdown would go unheard.
-            async with asyncio.timeout(budget):
+            async with asyncio.timeout(remaining(self._lock_wait)):
                 await self._write_lock.acquire()
         except TimeoutError:
             self._observer.waited("writer", time.perf_counter() - asked)
             raise DeadlineExceeded("The time budget ran out waiting to write.") from None
+        finally:
+            self._queued -= 1
+
+    @contextmanager
+    def _member(self, conn: Connection, group: CommitGroup) -> Iterator[SqlTransaction]:
+        """One writer's savepoint in ``group``: released into it, or rolled back alone."""
+        tx = SqlTransaction(SqliteConnection(conn), self._write_now, self.balance_shape)
+        driver = _driver(conn)
+        driver.execute("SAVEPOINT tally_write")
+        try:
+            with _interrupt_at_deadline(conn):
+                yield tx
+            driver.execute("RELEASE tally_write")
+        except BaseException as error:
+            if driver.in_transaction:
+                driver.execute("ROLLBACK TO tally_write")
+                driver.execute("RELEASE tally_write")
+            else:  # SQLite ended the whole transaction: the members before this one are gone too
+                group.broke(error)
+            raise
+        group.joined(tx.last_event, bool(tx.queues))
+
+    async def _open_group(self, conn: Connection) -> CommitGroup:
+        """BEGIN IMMEDIATE a new transaction for this writer and those queued behind it."""
+        await self._begin(conn, time.monotonic() + remaining(self._lock_wait))
+        try:
+            self._catch_up(conn)
+        except BaseException:
+            conn.rollback()
+            raise
+        group = self._group = CommitGroup()
+        return group
+
+    def _last_of(self, group: CommitGroup) -> bool:
+        """Whether ``group`` commits now: nobody queued to join it, or it is full, or it broke."""
+        return self._queued == 0 or group.members >= self._group_limit or group.failure is not None
+
+    def _commit_later(self, conn: Connection, group: CommitGroup) -> None:
+        """Make sure ``group`` commits even if every writer queued for it gives up waiting."""
+        if group.followed:
+            return
+        group.followed = True
+        committer = asyncio.create_task(self._commit_when_last(conn, group), name="tally-sqlite-commit")
+        self._committers.add(committer)
+        committer.add_done_callback(self._committers.discard)
+
+    async def _commit_when_last(self, conn: Connection, group: CommitGroup) -> None:
+        """Queued for the writer like a writer: usually a later member has committed the group by
+        the time this gets the lock, and it only leaves; otherwise it commits it."""
+        while True:
+            await self._write_lock.acquire()
+            if self._group is not group:
+                self._write_lock.release()
+                return
+            if self._last_of(group):
+                break
+            self._write_lock.release()  # back of the queue: the writers waiting join first
         self._observer.holding("writer", 1)
         try:
-            conn = self._writer
-            if conn is None:
-                raise RuntimeError("start() has not run")
-            try:
-                await self._begin(conn, time.monotonic() + remaining(self._lock_wait))
-            finally:
-                # The wait to write is both locks: this process's writer, then the file's.
-                self._observer.waited("writer", time.perf_counter() - asked)
-            self._catch_up(conn)
-            tx = SqlTransaction(SqliteConnection(conn), self._write_now, self.balance_shape)
-            try:
-                with _interrupt_at_deadline(conn):
-                    yield tx
-                cancelled = await _commit_off_loop(conn)
-            except BaseException:
-                conn.rollback()
-                raise
-            # Committed: the outbox position is this write's consistency token (ADR 0011).
-            self._position = max(self._position, tx.last_event)
-            if tx.queues:
-                self.wakeups.signal()
-            # Under the file's write lock nothing committed after this write: the position is exact.
-            committed = tx.committed(self._position)
+            await self._finish(conn, group)
         finally:
             self._observer.holding("writer", -1)
             self._write_lock.release()
-        if cancelled:  # committed all the same: the bookkeeping above is done, the listener skipped
+
+    async def _finish(self, conn: Connection, group: CommitGroup) -> None:
+        """COMMIT ``group`` (or roll it back if it broke), under the writer lock; tell its members.
+
+        A cancellation of the task committing is raised once the group is settled.
+        """
+        failure: BaseException | None = None
+        cancelled = False
+        try:
+            if group.failure is None and group.members > 0:
+                try:
+                    cancelled = await _commit_off_loop(conn)
+                except Exception as error:
+                    failure = error
+            if failure is not None or group.failure is not None or group.members == 0:
+                with suppress(Exception):
+                    conn.rollback()
+            else:
+                self._position = max(self._position, group.last_event)
+                if group.queues:
+                    self.wakeups.signal()
+                self._observer.committed_group(group.members)
+        finally:
+            self._group = None
+            group.settle(failure)
+        if cancelled:
             raise asyncio.CancelledError
-        if committed is not None and self._commit_listener is not None:
-            await self._commit_listener(committed)  # after the lock: cache calls never hold writers
 
     async def health(self) -> dict[str, str]:
         """``database``: ``ok`` when a read transaction can run, else ``down``."""
@@ -343,11 +444,20 @@ class SqliteDatabase:
             pause = min(pause * 2, 0.05)
 
 
+def _driver(conn: Connection) -> sqlite3.Connection:
+    """The ``sqlite3`` connection under ``conn``: savepoints go to it directly, cheaper than Core."""
+    driver = conn.connection.driver_connection
+    if not isinstance(driver, sqlite3.Connection):
+        raise TypeError(f"not a sqlite3 connection (closed?): {driver!r}")
+    return driver
+
+
 async def _commit_off_loop(conn: Connection) -> bool:
     """COMMIT in a worker thread; return whether the awaiting task was cancelled meanwhile.
 
-    A cancellation does not stop a commit under way: it is noted, the commit is waited for, and
-    the caller raises it once the commit's outcome is known (and kept).
+    A cancellation does not stop a commit under way (nothing may touch the connection while the
+    thread has it): it is noted, the commit is waited for, and the caller raises it once the
+    commit's outcome is known and kept. The commit's own error is raised.
     """
     committing = asyncio.ensure_future(asyncio.to_thread(conn.commit))
     cancelled = False
@@ -358,7 +468,7 @@ async def _commit_off_loop(conn: Connection) -> bool:
             cancelled = True
         except BaseException:
             break
-    committing.result()  # the commit's own error, if it failed
+    committing.result()
     return cancelled
 
 
