@@ -22,6 +22,7 @@ from tally.domain.errors import Unavailable
 from tally.jobs.scheduler import Scheduler, scheduler_from
 from tally.observability.context import set_job
 from tally.observability.logging import configure_logging, get_logger
+from tally.observability.loop_lag import watch_loop_lag
 from tally.observability.telemetry import Telemetry
 from tally.services.holds import expire_due_holds
 from tally.services.idempotency import IdempotentExecutor
@@ -63,6 +64,7 @@ class Tally:
         self._flusher: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._sampler: asyncio.Task[None] | None = None
+        self._lag_watch: asyncio.Task[None] | None = None
         self._scheduler: Scheduler | None = None  # batch jobs (ADR 0032), where the workers run
         self._working = False
         self.key_usage = KeyUsage(max_keys=settings.key_usage_max_keys)
@@ -105,6 +107,10 @@ class Tally:
         self._sweeper = asyncio.create_task(self._sweep_holds(), name="tally-hold-sweeper")
         if self.telemetry is not None:
             self._sampler = asyncio.create_task(self._sample_queues(), name="tally-queue-sampler")
+        lag = self.telemetry.metrics.loop_lag.observe if self.telemetry is not None else None
+        watching = contextvars.copy_context()
+        watching.run(set_job, "loop_lag")
+        self._lag_watch = asyncio.create_task(watch_loop_lag(lag), name="tally-loop-lag", context=watching)
         self._working = not api or self.settings.worker_enabled
         if self._working:
             self.worker.start()
@@ -195,7 +201,7 @@ class Tally:
         if self._working:
             await self.webhooks.dispatcher.stop()
             await self.worker.stop(self.settings.worker_shutdown_grace_ms / 1000)
-        for task in (self._flusher, self._sweeper, self._sampler):
+        for task in (self._flusher, self._sweeper, self._sampler, self._lag_watch):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

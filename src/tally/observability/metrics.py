@@ -98,6 +98,11 @@ class Metrics:
             "Time a transaction waited for its connection (the writer: both write locks).",
             ["role"], buckets=WAIT_BUCKETS, registry=registry,
         )  # fmt: skip
+        self.loop_lag = Histogram(
+            "tally_event_loop_lag_seconds",
+            "How much later than asked the event loop ran a 100 ms timer (everything waits behind a lag).",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0), registry=registry,
+        )  # fmt: skip
         self.commit_group_size = Histogram(
             "tally_db_commit_group_size",
             "Write transactions committed by one SQLite COMMIT (group commit).",
