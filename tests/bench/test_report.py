@@ -159,6 +159,7 @@ def test_the_chart_is_one_page_with_a_line_per_measurement_with_samples() -> Non
         {"hot_accounts": 1},
         {"accounts": 5, "hot_accounts": 10},
         {"batch_size": 1001},
+        {"settings": (("PATH", "/tmp"),)},
     ],
 )
 def test_options_out_of_range_are_refused(options: dict[str, object]) -> None:
@@ -174,3 +175,6 @@ def test_the_command_line_refuses_a_bad_option_before_running(
     assert not (tmp_path / "x").exists()
     with pytest.raises(SystemExit):
         main(["bench", "--scenario", "nope"])
+    for setting in ("TALLY_SQLITE_GROUP_COMMIT", "HOME=/"):
+        assert main(["bench", "--set", setting, "--out", str(tmp_path / "x")]) == 2
+        assert "--set takes" in capsys.readouterr().err

@@ -67,6 +67,13 @@ def add_bench_command(commands: Any) -> None:
     bench.add_argument(
         "--workers", type=int, default=defaults.workers, help="tally serve workers (%(default)s)"
     )
+    bench.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="TALLY_NAME=VALUE",
+        help="a setting for the servers measured, e.g. TALLY_SQLITE_GROUP_COMMIT=1 (repeatable)",
+    )
     bench.add_argument("--out", type=Path, help="output directory (./bench-results/<timestamp>)")
 
 
@@ -86,6 +93,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             rate=args.rate,
             workers=args.workers,
+            settings=tuple(_setting(text) for text in args.set),
         )
     except ValueError as error:
         print(f"tally bench: {error}", file=sys.stderr)
@@ -101,3 +109,10 @@ def run_bench_command(args: argparse.Namespace) -> int:
     print(report.table())
     print(f"\n{options.out / 'results.json'}\n{options.out / 'latency.html'}")
     return EXIT_FAILED if report.failed else 0
+
+
+def _setting(text: str) -> tuple[str, str]:
+    name, equals, value = text.partition("=")
+    if not equals:
+        raise ValueError(f"--set takes NAME=VALUE, not {text!r}")
+    return name, value

@@ -89,7 +89,7 @@ def _bench_tally(
     progress: Progress,
 ) -> list[Measurement]:
     root_key = new_secret("root")
-    env = {**SERVER_ENV, **env, "TALLY_ROOT_KEY": root_key}
+    env = {**SERVER_ENV, **dict(options.settings), **env, "TALLY_ROOT_KEY": root_key}
     args = ("--workers", str(options.workers))
     progress(f"{database}: starting tally serve ({options.workers} worker(s))")
     with running_tally(directory, env, args=args, log_path=log) as server:

@@ -28,6 +28,7 @@ class BenchOptions:
     batch_size: int = 1000
     rate: float = 1000.0
     workers: int = 1
+    settings: tuple[tuple[str, str], ...] = ()  # TALLY_* settings given to the servers (--set)
 
     def __post_init__(self) -> None:
         unknown = [name for name in self.databases if name not in DATABASES]
@@ -42,6 +43,8 @@ class BenchOptions:
             raise ValueError("hot accounts must be at least 2 and at most the accounts")
         if not 1 <= self.batch_size <= 1000:
             raise ValueError("a batch holds 1 to 1000 transfers")
+        if any(not name.startswith("TALLY_") for name, _ in self.settings):
+            raise ValueError("--set takes TALLY_* settings: NAME=VALUE")
 
     def as_json(self) -> dict[str, Any]:
-        return {**asdict(self), "out": str(self.out)}
+        return {**asdict(self), "out": str(self.out), "settings": dict(self.settings)}
