@@ -20,8 +20,15 @@ BLOCKED_SECONDS = 0.5
 _log = structlog.get_logger(__name__)
 
 
-async def watch_loop_lag(observe: Callable[[float], None] | None) -> None:
-    """Measure the loop's lag until cancelled; ``observe`` (the histogram) may be ``None``."""
+def log_blocked(lag: float) -> None:
+    _log.warning("event loop blocked", blocked_ms=round(lag * 1000, 1))
+
+
+async def watch_loop_lag(
+    observe: Callable[[float], None] | None, blocked: Callable[[float], None] = log_blocked
+) -> None:
+    """Measure the loop's lag until cancelled; ``observe`` (the histogram) may be ``None``, and
+    ``blocked`` hears each lag of ``BLOCKED_SECONDS`` or more (by default, the warning line)."""
     while True:
         asked = time.monotonic()
         await asyncio.sleep(PERIOD)
@@ -29,4 +36,4 @@ async def watch_loop_lag(observe: Callable[[float], None] | None) -> None:
         if observe is not None:
             observe(lag)
         if lag >= BLOCKED_SECONDS:
-            _log.warning("event loop blocked", blocked_ms=round(lag * 1000, 1))
+            blocked(lag)
