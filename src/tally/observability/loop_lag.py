@@ -1,10 +1,11 @@
 """How late the event loop runs: every request of a process waits behind anything that holds it.
 
 A watcher sleeps ``PERIOD`` and measures how much later than asked it wakes. The lag goes into
-``tally_event_loop_lag_seconds``; a lag of ``BLOCKED_SECONDS`` or more also writes a warning line,
-because a loop held that long stalls every connection of the process at once (and uvicorn's 5 s
-keep-alive timer may then close clients' idle connections as they send). The cause is whatever
-ran synchronously: a slow disk under a synchronous call, a long computation, a paused process.
+``tally_event_loop_lag_seconds``; a lag of ``BLOCKED_SECONDS`` or more also writes a warning line
+(``event loop late``), because a loop that late stalls every connection of the process at once (and
+uvicorn's 5 s keep-alive timer may then close clients' idle connections as they send). The cause is
+whatever ran meanwhile: one synchronous call on a slow disk, a long computation, a paused process,
+or more ready work than the process can do (overload: thousands of connections at once).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ _log = structlog.get_logger(__name__)
 
 
 def log_blocked(lag: float) -> None:
-    _log.warning("event loop blocked", blocked_ms=round(lag * 1000, 1))
+    _log.warning("event loop late", late_ms=round(lag * 1000, 1))
 
 
 async def watch_loop_lag(

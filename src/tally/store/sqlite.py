@@ -60,18 +60,28 @@ def wall_clock() -> int:
 
 
 class SqliteConnection:
-    """A SQLAlchemy ``Connection`` behind the awaitable shape the repositories use."""
+    """A SQLAlchemy ``Connection`` behind the awaitable shape the repositories use.
 
-    __slots__ = ("_sync",)
+    With a deadline (``at``, on the monotonic clock), a statement is not started once it has
+    passed: ``DeadlineExceeded``, and the request's savepoint alone rolls back. Interrupting a
+    write statement under way instead would end SQLite's whole transaction, and with it the
+    other requests of the commit group; the progress handler stays for a statement that runs on
+    past the deadline.
+    """
 
-    def __init__(self, sync: Connection) -> None:
+    __slots__ = ("_at", "_sync")
+
+    def __init__(self, sync: Connection, at: float | None = None) -> None:
         self._sync = sync
+        self._at = at
 
     @property
     def dialect(self) -> Dialect:
         return self._sync.dialect
 
     async def execute(self, statement: Executable, parameters: Any = None) -> Result[Any]:
+        if self._at is not None and time.monotonic() > self._at:
+            raise DeadlineExceeded("The time budget ran out; nothing was applied.")
         # Repositories consume each result before the next statement, so no buffering is needed.
         return self._sync.execute(statement, parameters)
 
@@ -292,7 +302,9 @@ class SqliteDatabase:
     @contextmanager
     def _member(self, conn: Connection, group: CommitGroup) -> Iterator[SqlTransaction]:
         """One writer's savepoint in ``group``: released into it, or rolled back alone."""
-        tx = SqlTransaction(SqliteConnection(conn), self._write_now, self.balance_shape)
+        deadline = current_deadline()
+        at = None if deadline is None else deadline.at
+        tx = SqlTransaction(SqliteConnection(conn, at), self._write_now, self.balance_shape)
         driver = _driver(conn)
         driver.execute("SAVEPOINT tally_write")
         try:
