@@ -159,7 +159,7 @@ def test_the_chart_is_one_page_with_a_line_per_measurement_with_samples() -> Non
         {"hot_accounts": 1},
         {"accounts": 5, "hot_accounts": 10},
         {"batch_size": 1001},
-        {"settings": (("PATH", "/tmp"),)},
+        {"settings": (("PATH", "/usr/bin"),)},
     ],
 )
 def test_options_out_of_range_are_refused(options: dict[str, object]) -> None:
