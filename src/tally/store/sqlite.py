@@ -9,12 +9,14 @@ waits are asynchronous:
   with ``busy_timeout=0``, retried with a growing asynchronous sleep while another process holds
   the database's write lock, never past the request's budget;
 - a reader: a small pool of read connections handed out through an ``asyncio.Queue``;
-- the budget: a progress handler interrupts a statement that runs past the request's deadline,
-  which rolls the transaction back (``DeadlineExceeded``, nothing applied);
+- the budget: a write's statement is not started past the request's deadline, and a progress
+  handler interrupts a statement that runs past it (``DeadlineExceeded``, nothing applied);
 - the COMMIT: it runs in a worker thread (sqlite3 releases the GIL), because its fsync waits on the
   disk, and a busy disk can take seconds: on the loop that froze every request of the process, even
   those the cache answers. Once started, a commit is seen through even if the awaiting task is
-  cancelled, so nothing touches the connection while the thread has it.
+  cancelled, so nothing touches the connection while the thread has it;
+- group commit (ADR 0035, ``store.commit_groups``): writers queued for the writer lock run in
+  savepoints of one transaction and share its COMMIT.
 
 Both waits are reported to a ``ConnectionObserver`` (``store.instrumentation``), and so is each
 connection while a transaction holds it: the writer lock wait and the reader pool are where a
