@@ -45,3 +45,19 @@ def test_requests_failing_together_while_it_is_open_count_as_one_failure() -> No
     for _ in range(10):  # ten requests in flight when the primary went away
         breaker.failed()
     assert breaker.retry_after() == 1
+
+
+def test_a_success_of_an_attempt_begun_before_the_latest_failure_does_not_close_it() -> None:
+    clock = Clock()
+    breaker = Breaker(cooldown=1.0, longest_cooldown=8.0, clock=clock)
+    probe_began = breaker.now()  # a health probe is sent; its answer is still on the way
+    clock.now += 0.1
+    breaker.failed()  # meanwhile a write finds the server gone
+    clock.now += 0.1
+    breaker.succeeded(probe_began)  # the old answer arrives
+    assert not breaker.closed
+    assert not breaker.allows()
+    clock.now += 1.0
+    retry_began = breaker.now()
+    breaker.succeeded(retry_began)
+    assert breaker.closed

@@ -27,6 +27,7 @@ class Breaker:
         self._clock = clock
         self._failures = 0
         self._open_until = 0.0
+        self._failed_at = -math.inf
 
     @property
     def closed(self) -> bool:
@@ -41,15 +42,27 @@ class Breaker:
         """Whole seconds until the next attempt is allowed, at least 1 (for ``Retry-After``)."""
         return max(1, math.ceil(self._open_until - self._clock()))
 
+    def now(self) -> float:
+        """The breaker's clock: when an attempt starts, for ``succeeded``."""
+        return self._clock()
+
     def failed(self) -> None:
         """An attempt failed. While already open, this changes nothing: the requests that were in
         flight when the server went away fail together, and count as one failure."""
+        self._failed_at = self._clock()
         if not self.allows():
             return
         self._failures += 1
         wait = min(self._longest, self._cooldown * 2 ** (self._failures - 1))
         self._open_until = self._clock() + wait
 
-    def succeeded(self) -> None:
+    def succeeded(self, started: float | None = None) -> None:
+        """An attempt that began at ``started`` (the breaker's clock; ``None``: just now) succeeded.
+
+        One that began before the latest failure says nothing about now: its answer may have left
+        the server before it went away, and must not close the breaker again.
+        """
+        if started is not None and started < self._failed_at:
+            return
         self._failures = 0
         self._open_until = 0.0

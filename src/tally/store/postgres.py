@@ -240,9 +240,9 @@ class PostgresDatabase:
             return False
         return True
 
-    def _heard_from_primary(self, ok: bool) -> None:
+    def _heard_from_primary(self, ok: bool, started: float) -> None:
         if ok:
-            self._breaker.succeeded()
+            self._breaker.succeeded(started)
         elif self._breaker.allows():
             self._breaker.failed()
 
@@ -258,6 +258,7 @@ class PostgresDatabase:
         # changed the same rows carries a later LSN, so the cache may promise no more (ADR 0027).
         covers = self._position
         committed = None
+        started = self._breaker.now()
         try:
             async with self._primary.connection(self._lock_wait) as conn, self._transaction(conn, "primary"):
                 await conn.execute(_TIMEOUT, {"ms": self._statement_timeout()})
@@ -279,7 +280,7 @@ class PostgresDatabase:
             if is_unreachable(error.__cause__ or error):
                 self._breaker.failed()
             raise
-        self._breaker.succeeded()
+        self._breaker.succeeded(started)
         if committed is not None and self._commit_listener is not None:
             await self._commit_listener(committed)  # the connection is back in its pool by now
 

@@ -65,7 +65,7 @@ class ReplicaMonitor:
         replicas: dict[str, ReplicaState],
         *,
         interval: float,
-        on_primary: Callable[[bool], None],
+        on_primary: Callable[[bool, float], None],
         observer: ConnectionObserver,
         timeout: float = 1.0,
     ) -> None:
@@ -103,9 +103,9 @@ class ReplicaMonitor:
         try:
             primary_lsn = parse_lsn(await self._scalar(self._primary, "SELECT pg_current_wal_lsn()::text"))
         except Exception:
-            self._on_primary(False)
+            self._on_primary(False, monotonic)
         else:
-            self._on_primary(True)
+            self._on_primary(True, monotonic)
         for dsn, state in self._replicas.items():
             await self._sample_replica(dsn, state, primary_lsn, at, monotonic)
         lags = {state.name: state.lag() for state in self._replicas.values()}
