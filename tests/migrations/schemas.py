@@ -134,5 +134,9 @@ def alembic_step(conn: Connection, action: str, target: str, location: Path = SC
 
 
 def every_revision() -> tuple[str, ...]:
-    """Oldest first: the order one revision at a time reaches every head."""
-    return revisions().order
+    """Oldest first, the expand branch before the contract branch: the order an operator applies
+    them (``tally db upgrade``, then ``tally db contract``), and the reverse of the order
+    ``migrations.one_step_back`` undoes them in, so walking down meets the states the way up did.
+    With two expand heads, Alembic's own order may put a contract revision between them."""
+    known = revisions()
+    return tuple(sorted(known.order, key=lambda revision: known.branch_of(revision) == "contract"))

@@ -129,7 +129,8 @@ async def test_expand_backfill_and_contract_run_under_live_load_with_no_failed_r
     url, _replicas = postgres
     config = alembic_config()
     config.set_main_option("sqlalchemy.url", url)
-    await asyncio.to_thread(command.upgrade, config, "0002_statements")  # the schema before the change
+    # The schema before the change (with 0004_audit_events, which this Tally needs, beside it).
+    await asyncio.to_thread(command.upgrade, config, "0004_audit_events")
     server = start_server(tmp_path, {"TALLY_JOB_SCHEDULE": "off", "TALLY_RATE_LIMIT": "off"})
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("TALLY_")}, "TALLY_DATABASE_URL": url}
     try:

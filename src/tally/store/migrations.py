@@ -50,7 +50,7 @@ from tally.store.schema import (
     stamp_baseline,
 )
 
-REQUIRED_EXPAND = "0002_statements"  # the newest expand revision whose tables this code writes
+REQUIRED_EXPAND = "0004_audit_events"  # the newest expand revision whose tables this code writes
 SCHEMA_LOCK = 0x7461_6C6C_7900  # advisory lock: one process creates or adopts a schema at a time
 _log = logging.getLogger("tally.migrations")
 

@@ -13,6 +13,7 @@ from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     Column,
+    Connection,
     ForeignKey,
     Index,
     Integer,
@@ -21,7 +22,10 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    event,
 )
+
+from tally.store import audit_guard
 
 metadata = MetaData(
     naming_convention={
@@ -70,6 +74,7 @@ api_keys = Table(
     Column("created_at", Int64, nullable=False),
     Column("revoked_at", Int64),
     Column("last_used_at", Int64),
+    Column("expires_at", Int64),  # refused from this moment on; set by rotation (ADR 0036)
     Index(None, "ledger_id", "pk"),
     sqlite_strict=True,
 )
@@ -389,3 +394,28 @@ statements = Table(
     CheckConstraint("debits >= 0 AND credits >= 0 AND postings > 0", name="sums"),
     sqlite_strict=True,
 )
+
+# Administrative acts, one row each, written in the transaction of the act (ADR 0036). Append-only:
+# triggers refuse every UPDATE and DELETE (``store.audit_guard``), created with the table.
+audit_events = Table(
+    "audit_events",
+    metadata,
+    _pk(),
+    Column("id", Text, nullable=False, unique=True),  # aud_<uuid7>
+    Column("ledger_id", Text, ForeignKey("ledgers.id"), nullable=False),
+    Column("action", Text, nullable=False),  # e.g. key.rotated
+    Column("target_type", Text, nullable=False),
+    Column("target_id", Text, nullable=False),
+    Column("actor_key_id", Text, nullable=False),  # "root" for the root key
+    Column("request_id", Text),
+    Column("at", Int64, nullable=False),
+    Column("details", Text, nullable=False),  # JSON; never a secret
+    Index(None, "ledger_id", "pk"),
+    sqlite_strict=True,
+)
+
+
+@event.listens_for(audit_events, "after_create")
+def _refuse_changes_to_audit_events(_table: Table, connection: Connection, **_: object) -> None:
+    for statement in audit_guard.create_statements(connection.dialect.name):
+        connection.exec_driver_sql(statement)
