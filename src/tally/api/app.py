@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tally import __version__
 from tally.api.middleware import RequestContextMiddleware
+from tally.api.openapi_links import add_links
 from tally.api.problems import BY_CODE, problem_body, render_error
 from tally.api.replies import request_id, respond
 from tally.api.routes import (
@@ -128,7 +129,7 @@ def _problem(request: Request, code: str, detail: str) -> Response:
 
 
 def openapi_document(app: FastAPI) -> dict[str, Any]:
-    """The OpenAPI document, with the bearer scheme and problem+json error responses."""
+    """The OpenAPI document, with the bearer scheme, problem+json error responses and links."""
     if app.openapi_schema:
         return app.openapi_schema
     schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
@@ -148,5 +149,6 @@ def openapi_document(app: FastAPI) -> dict[str, Any]:
             responses.pop("422", None)
             responses["4XX"] = problem
             responses["5XX"] = problem
+    add_links(schema)
     app.openapi_schema = schema
     return schema
