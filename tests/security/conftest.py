@@ -1,4 +1,5 @@
-"""Every security matrix runs on both databases, as the API tests do (``tests/api/conftest.py``)."""
+"""Every security matrix runs on both databases, as the API tests do (``tests/api/conftest.py``):
+a test that takes ``backend`` runs once on SQLite and once on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("backend", ALL, indirect=True)
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def backend(request: pytest.FixtureRequest) -> Iterator[str]:
     with BACKENDS.using(request.param) as name:
         yield name

@@ -31,6 +31,7 @@ class Operation:
     query_params: tuple[str, ...]
     required_query: tuple[str, ...]
     has_body: bool
+    body_fields: frozenset[str]  # the top-level properties of the request body's schema
 
     def __str__(self) -> str:
         return f"{self.method} {self.path}"
@@ -67,11 +68,26 @@ def operations(document: dict[str, Any]) -> list[Operation]:
                     query_params=tuple(p["name"] for p in query),
                     required_query=tuple(p["name"] for p in query if p.get("required")),
                     has_body="requestBody" in operation,
+                    body_fields=_body_fields(document, operation),
                 )
             )
     if undeclared:
         raise UndeclaredAccess(f"operations without {ACCESS_KEY}: {undeclared}")
     return found
+
+
+def _body_fields(document: dict[str, Any], operation: dict[str, Any]) -> frozenset[str]:
+    content = operation.get("requestBody", {}).get("content", {}).get("application/json", {})
+    schemas = [content.get("schema", {})]
+    fields: set[str] = set()
+    while schemas:
+        schema = schemas.pop()
+        if "$ref" in schema:
+            name = schema["$ref"].removeprefix("#/components/schemas/")
+            schema = document["components"]["schemas"][name]
+        schemas += schema.get("anyOf", [])
+        fields |= set(schema.get("properties", {}))
+    return frozenset(fields)
 
 
 def committed_operations() -> list[Operation]:

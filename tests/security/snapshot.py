@@ -9,6 +9,7 @@ account, deliveries through their webhook, ...). A table reached neither way mus
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -48,14 +49,15 @@ def _condition(table: Table, seen: frozenset[str] = frozenset()) -> str | None:
     return None
 
 
-def ledger_queries() -> dict[str, str]:
-    """A query per table reading one ledger's rows; ``UnscopedTable`` for a table it cannot place."""
+def ledger_queries(shared: Mapping[str, str] = SHARED) -> dict[str, str]:
+    """A query per table reading one ledger's rows; ``UnscopedTable`` for a table it cannot place
+    that ``shared`` does not name."""
     queries: dict[str, str] = {}
     unplaced: list[str] = []
     for table in metadata.sorted_tables:
         condition = _condition(table)
         if condition is None:
-            if table.name not in SHARED:
+            if table.name not in shared:
                 unplaced.append(table.name)
             continue
         queries[table.name] = f"SELECT * FROM {table.name} WHERE {condition}"  # noqa: S608
