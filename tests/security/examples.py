@@ -25,6 +25,7 @@ BODIES: dict[str, Any] = {
     "change_account_v1_accounts__account_id__patch": {"name": "renamed by the matrix"},
     "create_ledger_v1_ledgers_post": {"name": "made by the matrix"},
     "create_key_v1_ledgers__ledger_id__keys_post": {"name": "made by the matrix", "scopes": ["read"]},
+    "rotate_key_v1_ledgers__ledger_id__keys__key_id__rotate_post": {},
     "create_transfer_v1_transfers_post": _ONE_TRANSFER,
     "create_batch_v1_transfers_batch_post": {"transfers": [_ONE_TRANSFER], "atomic": True},
     "submit_batch_v1_transfer_batches_post": {"transfers": [_ONE_TRANSFER], "atomic": True},
