@@ -1,10 +1,10 @@
 """Who calls in the scope matrix, and what the API documents each of them gets on each access level.
 
-API.md: a missing, malformed, revoked (or expired) key is 401 ``unauthenticated``; a key without the
-scope a route needs is 403 ``forbidden``; the root key manages ledgers and keys only (403 elsewhere);
-``write`` implies ``read`` and ``admin`` implies both; ``keys`` routes take the root key or an admin
-key of the ledger in the path. Operations routes (``ops``, ``ops_page``) take the ops token when one
-is set, ``ops_page`` also as ``?token=``; no ledger key opens them.
+API.md: a missing, malformed, revoked (or expired, or rotated out) key is 401 ``unauthenticated``;
+a key without the scope a route needs is 403 ``forbidden``; the root key manages ledgers and keys
+only (403 elsewhere); ``write`` implies ``read`` and ``admin`` implies both; ``keys`` routes take
+the root key or an admin key of the ledger in the path. Operations routes (``ops``, ``ops_page``)
+take the ops token when one is set, ``ops_page`` also as ``?token=``; no ledger key opens them.
 """
 
 from __future__ import annotations
@@ -54,18 +54,16 @@ def with_bad_checksum(secret: str) -> str:
     return secret[:-1] + ("A" if secret[-1] != "A" else "B")
 
 
-def principals(
-    *, root: str, read: str, write: str, admin: str, revoked: str, expired: str
-) -> list[Principal]:
-    """The matrix's callers, from the secrets of real keys of one ledger (and the root key)."""
+def principals(*, root: str, read: str, write: str, admin: str, refused: dict[str, str]) -> list[Principal]:
+    """The matrix's callers, from the secrets of real keys of one ledger (and the root key);
+    ``refused``: secrets of keys that no longer work, by why (``revoked``, ``expired``, ...)."""
     public = Access.PUBLIC
     ops = frozenset({public, Access.OPS, Access.OPS_PAGE})
     return [
         Principal("no key"),
         Principal("malformed key", {"Authorization": "Bearer not-a-tally-key"}),
         Principal("bad-checksum key", _bearer(with_bad_checksum(admin))),
-        Principal("revoked key", _bearer(revoked)),
-        Principal("expired key", _bearer(expired)),
+        *(Principal(f"{why} key", _bearer(secret)) for why, secret in refused.items()),
         Principal(
             "root",
             _bearer(root),

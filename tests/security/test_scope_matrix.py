@@ -2,11 +2,12 @@
 
 The operations come from the served ``/openapi.json``, so a new route is in the matrix the moment it
 exists, and one without ``x-tally-access`` fails it. Each operation is called by: no key, a
-malformed key, a key with a bad checksum, a revoked key, an expired key, the root key, a ``read``,
-a ``write`` and an ``admin`` key of the ledger the call names, and the ops token (as a bearer and
-as ``?token=``). The first five get 401 ``unauthenticated``; a key without the access level's scope
-gets 403 ``forbidden``; a sufficient one gets anything but 401 and 403 (the call may still be 404
-or 409 — the matrix is about who, not what). Every error answer is problem+json with a ``code``.
+malformed key, a key with a bad checksum, a revoked key, an expired key, a key rotated with no
+overlap, the root key, a ``read``, a ``write`` and an ``admin`` key of the ledger the call names,
+and the ops token (as a bearer and as ``?token=``). The first six get 401 ``unauthenticated``; a
+key without the access level's scope gets 403 ``forbidden``; a sufficient one gets anything but 401
+and 403 (the call may still be 404 or 409 — the matrix is about who, not what). Every error answer
+is problem+json with a ``code``.
 """
 
 from __future__ import annotations
@@ -23,25 +24,31 @@ from tests.security.inventory import Operation, committed_operations, operations
 from tests.security.matrix_app import matrix_app, problem_error
 from tests.security.principals import Outcome, Principal, principals
 from tests.security.tenant import Tenant, populated_ledger
-from tests.support import BACKENDS, ROOT, ROOT_KEY
+from tests.support import BACKENDS, ROOT, ROOT_KEY, bearer
 
 # The count in the test id, from the committed document; the printed one is the served document's
 # (test_openapi checks they are the same).
-CALLERS = 11  # len(principals(...))
+CALLERS = 12  # len(principals(...))
 CASES = len(committed_operations()) * CALLERS
 
 
 async def _callers(client: httpx.AsyncClient, directory: Path, tenant: Tenant) -> list[Principal]:
-    """The matrix's callers; the revoked and the expired key are admin keys, so only their state
-    refuses them."""
+    """The matrix's callers. The revoked, expired and rotated keys are admin keys, so only their
+    state refuses them; the revoked and the rotated one were used first, so a cached key must
+    learn of the change."""
     made: dict[str, dict[str, str]] = {}
-    for name in ("revoked", "expired"):
-        body = {"name": name, "scopes": ["admin"]}
-        response = await client.post(f"/v1/ledgers/{tenant.ledger_id}/keys", json=body, headers=ROOT)
+    keys = f"/v1/ledgers/{tenant.ledger_id}/keys"
+    for name in ("revoked", "expired", "rotated"):
+        response = await client.post(keys, json={"name": name, "scopes": ["admin"]}, headers=ROOT)
         assert response.status_code == 201, response.text
         made[name] = response.json()
-    revoke = f"/v1/ledgers/{tenant.ledger_id}/keys/{made['revoked']['id']}"
-    assert (await client.delete(revoke, headers=ROOT)).status_code == 204
+    for name in ("revoked", "rotated"):
+        used = await client.get("/v1/accounts", headers=bearer(made[name]["key"]))
+        assert used.status_code == 200, used.text
+    assert (await client.delete(f"{keys}/{made['revoked']['id']}", headers=ROOT)).status_code == 204
+    rotate = f"{keys}/{made['rotated']['id']}/rotate"
+    rotated = await client.post(rotate, json={"overlap_seconds": 0}, headers=ROOT)
+    assert rotated.status_code == 201, rotated.text
     # Expired a minute ago, written straight to the database: no clock to wait for.
     expired_at = to_micros(datetime.now(UTC) - timedelta(minutes=1))
     BACKENDS.rows(
@@ -52,8 +59,7 @@ async def _callers(client: httpx.AsyncClient, directory: Path, tenant: Tenant) -
         read=tenant.secrets["read"],
         write=tenant.secrets["write"],
         admin=tenant.secrets["admin"],
-        revoked=made["revoked"]["key"],
-        expired=made["expired"]["key"],
+        refused={name: made[name]["key"] for name in ("revoked", "expired", "rotated")},
     )
 
 
