@@ -5,6 +5,7 @@
 - A database older than ``REQUIRED_EXPAND``, or migrated by a newer Tally (a revision this code does
   not know), is refused by ``tally db status`` (exit 1) and by the adapters' start, with a message
   naming what to run; ``tally serve`` says it in one line on standard error, no traceback.
+- ``tally db upgrade`` brings both heads of the expand branch, whichever one was applied first.
 - ``tally db downgrade`` undoes one revision, contract first, and will not drop the baseline
   unless told ``base``.
 """
@@ -83,6 +84,21 @@ def test_a_database_made_before_migrations_is_stamped_and_upgraded_with_its_rows
     assert asyncio.run(on_connection(database_url, _ledger_ids)) == ["led_old"]
     assert asyncio.run(on_connection(database_url, applied)) == set(revisions().expand_heads)
     assert _run(capsys, "db", "status", "--database-url", database_url)[0] == 0
+
+
+@pytest.mark.parametrize("reached", ["0003_account_balances", "0004_audit_events"])
+def test_upgrade_brings_every_expand_head_whichever_one_the_database_reached_first(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], reached: str
+) -> None:
+    url = f"sqlite:///{tmp_path / 'tally.db'}"
+    _at(url, reached)  # the expand branch has two heads: one applied, the other not yet
+
+    status, out, _ = _run(capsys, "db", "upgrade", "--database-url", url)
+
+    assert status == 0
+    [other] = set(revisions().expand_heads) - {reached}
+    assert f"upgraded   {other}" in out
+    assert asyncio.run(on_connection(url, applied)) == set(revisions().expand_heads)
 
 
 def test_a_database_older_than_the_baseline_is_refused(

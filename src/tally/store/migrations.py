@@ -222,9 +222,13 @@ async def status(url: str | URL, *, location: Path = SCRIPTS) -> SchemaStatus:
 
 
 def _upgrading_to(heads: tuple[str, ...]) -> Callable[[Config, Connection], None]:
-    def run(config: Config, _: Connection) -> None:
+    def run(config: Config, conn: Connection) -> None:
         for head in heads:
             command.upgrade(config, head)
+            # A branch already at its head leaves the transaction of its look open, and Alembic
+            # runs the next branch's revisions inside a transaction it finds open without
+            # committing them: end it, so each branch (expand has two heads) commits its own.
+            conn.commit()
 
     return run
 
