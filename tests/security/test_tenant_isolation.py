@@ -15,7 +15,9 @@ a new route or filter is placed deliberately.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,7 @@ from tests.security.examples import BODIES, body_for, headers_for, placeholders,
 from tests.security.inventory import KEYED, Operation, committed_operations, operations
 from tests.security.matrix_app import matrix_app, problem_error
 from tests.security.snapshot import ledger_rows
-from tests.security.tenant import Tenant, populated_ledger, statements_of_today
+from tests.security.tenant import STRONG, WAIT_SECONDS, Tenant, populated_ledger, statements_of_today
 
 # Query parameters that name a resource, and the tenant id they take (``Tenant.ids``).
 ID_FILTERS = {"account_id": "account_id", "after": "event_id"}
@@ -71,8 +73,11 @@ def _unknown_names(inventory: list[Operation], ids: dict[str, list[str]]) -> lis
 class Matrix:
     """The calls of the matrix, made with A's key; collects what was wrong with their answers."""
 
-    def __init__(self, client: httpx.AsyncClient, mine: Tenant, theirs: Tenant) -> None:
+    def __init__(
+        self, client: httpx.AsyncClient, inventory: list[Operation], mine: Tenant, theirs: Tenant
+    ) -> None:
         self.client = client
+        self.inventory = inventory
         self.mine = mine
         self.theirs = theirs
         self.headers = mine.headers("all")
@@ -182,18 +187,40 @@ class Matrix:
 
     async def _answer(
         self, operation: Operation, ids: dict[str, str], query: dict[str, str], body: Any
-    ) -> tuple[int, Any]:
-        """What an answer says that must not depend on whose the id is: the status, and the problem
-        code or the listed data."""
+    ) -> tuple[int, Any, list[str]]:
+        """What an answer says that must not depend on whose the id is: the status, the listed data,
+        and every problem code in it — of each item of a batch too, and of a queued batch's
+        results once its worker has finished it."""
         response = await self.call(operation, ids, query, body)
         found = response.json() if response.content else None
-        if not isinstance(found, dict):
-            return response.status_code, found
-        if response.status_code >= 400:
-            return response.status_code, found.get("code")
-        if "data" in found:
-            return response.status_code, found["data"]
-        return response.status_code, None
+        if response.status_code == 202 and isinstance(found, dict):
+            found = await self._finished(operation, found["id"])
+        data = found.get("data") if isinstance(found, dict) else None
+        return response.status_code, data, _codes(found)
+
+    async def _finished(self, operation: Operation, queued_id: str) -> Any:
+        """The resource a 202 queued, read until no worker still has it (``status``)."""
+        reads = [o for o in self.inventory if o.method == "GET" and o.path.startswith(f"{operation.path}/{{")]
+        assert len(reads) == 1, f"{operation}: 202 without one read of its result: {reads}"
+        url = reads[0].url({reads[0].path_params[0]: queued_id})
+        deadline = time.monotonic() + WAIT_SECONDS
+        while True:
+            response = await self.client.get(url, headers={**self.headers, **STRONG})
+            found = response.json()
+            if found.get("status") not in ("queued", "processing"):
+                return found
+            assert time.monotonic() < deadline, f"{url} still {found.get('status')}"
+            await asyncio.sleep(0.02)
+
+
+def _codes(found: Any) -> list[str]:
+    """Every ``code`` in a JSON answer, at any depth, in order."""
+    if isinstance(found, dict):
+        own = [found["code"]] if isinstance(found.get("code"), str) else []
+        return own + [c for key, value in found.items() if key != "code" for c in _codes(value)]
+    if isinstance(found, list):
+        return [c for value in found for c in _codes(value)]
+    return []
 
 
 # The count in the test id, from the committed document; the printed one is the served document's.
@@ -214,7 +241,7 @@ async def test_a_key_of_one_ledger_finds_and_changes_nothing_of_another(
         before = ledger_rows(tmp_path, theirs.ledger_id)
         assert all(before[table] for table in ("accounts", "transfers", "webhooks", "statements"))
 
-        matrix = Matrix(client, mine, theirs)
+        matrix = Matrix(client, inventory, mine, theirs)
         keyed = [o for o in inventory if o.access in KEYED and o.access is not Access.ROOT]
         for operation in keyed:
             if operation.path_params:
