@@ -45,6 +45,7 @@ class Tenant:
     secrets: dict[str, str]
     ids: dict[str, list[str]]
     posts: list[SentPost]
+    made: dict[str, dict[str, Any]]  # what each POST that made a resource answered, by its id
 
     def headers(self, key: str) -> dict[str, str]:
         return bearer(self.secrets[key])
@@ -78,15 +79,19 @@ async def populated_ledger(client: httpx.AsyncClient, name: str) -> Tenant:
         ("all", ["admin", "read", "write"]),
         ("other", ["read"]),
     ]:
-        made = await _key(client, ledger_id, key_name, scopes)
-        secrets[key_name], key_ids[key_name] = made["key"], made["id"]
+        key = await _key(client, ledger_id, key_name, scopes)
+        secrets[key_name], key_ids[key_name] = key["key"], key["id"]
     posts: list[SentPost] = []
+    made: dict[str, dict[str, Any]] = {}
 
     async def post(path: str, body: dict[str, Any], status: int = 201, key: str = "write") -> dict[str, Any]:
         sent = SentPost(path, body, idem()["Idempotency-Key"])
         posts.append(sent)
         headers = {**bearer(secrets[key]), "Idempotency-Key": sent.idempotency_key}
-        return await _created(await client.post(path, json=body, headers=headers), status)
+        answer = await _created(await client.post(path, json=body, headers=headers), status)
+        if "id" in answer:  # a sync batch answers with results only
+            made.setdefault(answer["id"], answer)
+        return answer
 
     world = await post("/v1/accounts", {"currency": "USD", "normal_balance": "debit", "min_balance": None})
     customer = await post("/v1/accounts", {"currency": "USD", "name": f"{name} customer"})
@@ -130,7 +135,7 @@ async def populated_ledger(client: httpx.AsyncClient, name: str) -> Tenant:
         "batch_id": [queued["id"]],
         "event_id": [e["id"] for e in events.json()["data"]],
     }
-    return Tenant(ledger_id, secrets, ids, posts)
+    return Tenant(ledger_id, secrets, ids, posts, made)
 
 
 async def _finished_batch(

@@ -42,6 +42,8 @@ BODY_IDS = frozenset({"account_id", "world_id"})
 # Creates that take a client-supplied ``id``, and the tenant id of that kind (``Tenant.ids``).
 CLIENT_IDS = {"/v1/accounts": "account_id", "/v1/transfers": "transfer_id"}
 NO_SUCH_ID = "no-such-id-anywhere"
+# What identifies a resource read back: fields that do not change as it is used.
+IDENTITY = ("id", "name", "currency", "normal_balance", "legs", "metadata", "created_at")
 
 
 def _path_cases(operation: Operation, mine: Tenant, theirs: Tenant) -> list[dict[str, str]]:
@@ -149,19 +151,36 @@ class Matrix:
             self.fail(operation, theirs, f"{answer} differs from unknown accounts' {expected}")
 
     async def client_ids(self, operation: Operation) -> None:
-        """A create with B's id as its client-supplied id makes A's own resource, as a fresh id does:
-        ids are scoped to their ledger, and a conflict would tell B's id exists."""
+        """A create with B's id as its client-supplied id makes A's own resource, as a fresh id does
+        (ids are scoped to their ledger; a conflict would tell B's id exists), and A reads back what
+        it made, not B's (a cache keyed by id alone would serve B's)."""
         own = self.mine.first_ids()
         if operation.path not in CLIENT_IDS:
             self.fail(operation, "id", "takes a client-supplied id: add it to CLIENT_IDS")
             return
+        read = self.read_of(operation.path)
+        body = body_for(operation, own)
         for theirs in self.theirs.ids[CLIENT_IDS[operation.path]]:
-            answers = []
-            for chosen in (theirs, f"{theirs}-fresh"):
-                body = {**body_for(operation, own), "id": chosen}
-                answers.append(await self._answer(operation, own, query_for(operation), body))
-            if answers[0] != answers[1] or answers[0][0] != 201:
-                self.fail(operation, {"id": theirs}, f"{answers[0]}; with a fresh id {answers[1]}")
+            made = await self.call(operation, own, query_for(operation), {**body, "id": theirs})
+            fresh = await self.call(operation, own, query_for(operation), {**body, "id": f"{theirs}-fresh"})
+            if (made.status_code, fresh.status_code) != (201, 201):
+                self.fail(operation, {"id": theirs}, f"{made.text[:200]}; with a fresh id {fresh.text[:200]}")
+                continue
+            again = await self.call(read, {read.path_params[0]: theirs}, {}, None)
+            if again.status_code != 200 or again.json() != made.json():
+                self.fail(read, theirs, f"A reads {again.text[:200]}, not what it made {made.text[:200]}")
+
+    def read_of(self, collection: str) -> Operation:
+        """The ``GET {collection}/{id}`` of the inventory."""
+        reads = [
+            o
+            for o in self.inventory
+            if o.method == "GET"
+            and o.path.startswith(f"{collection}/{{")
+            and o.path.count("/") == collection.count("/") + 1
+        ]
+        assert len(reads) == 1, f"no single read of one item of {collection}: {reads}"
+        return reads[0]
 
     async def replays(self) -> None:
         """B's POSTs sent again by A with B's Idempotency-Keys: answered as with fresh keys, never
@@ -185,6 +204,25 @@ class Matrix:
                     f"POST {sent.path}: B's Idempotency-Key {answers[0]}, a fresh one {answers[1]}"
                 )
 
+    async def still_theirs(self) -> list[str]:
+        """B reads each of its resources that A made a namesake of, and must get its own (what B's
+        creation answered: id, name, legs, ...). Run after the last snapshot: B's key is used."""
+        wrong = []
+        for collection, kind in CLIENT_IDS.items():
+            read = self.read_of(collection)
+            for theirs in self.theirs.ids[kind]:
+                if theirs not in self.theirs.made:
+                    continue
+                made = self.theirs.made[theirs]
+                url = read.url({read.path_params[0]: theirs})
+                response = await self.client.get(url, headers=self.theirs.headers("read"))
+                found = response.json()
+                if response.status_code != 200 or {k: found.get(k) for k in IDENTITY if k in made} != {
+                    k: made[k] for k in IDENTITY if k in made
+                }:
+                    wrong.append(f"B reads {url}: {response.text[:200]}")
+        return wrong
+
     async def _answer(
         self, operation: Operation, ids: dict[str, str], query: dict[str, str], body: Any
     ) -> tuple[int, Any, list[str]]:
@@ -200,9 +238,8 @@ class Matrix:
 
     async def _finished(self, operation: Operation, queued_id: str) -> Any:
         """The resource a 202 queued, read until no worker still has it (``status``)."""
-        reads = [o for o in self.inventory if o.method == "GET" and o.path.startswith(f"{operation.path}/{{")]
-        assert len(reads) == 1, f"{operation}: 202 without one read of its result: {reads}"
-        url = reads[0].url({reads[0].path_params[0]: queued_id})
+        read = self.read_of(operation.path)
+        url = read.url({read.path_params[0]: queued_id})
         deadline = time.monotonic() + WAIT_SECONDS
         while True:
             response = await self.client.get(url, headers={**self.headers, **STRONG})
@@ -257,8 +294,10 @@ async def test_a_key_of_one_ledger_finds_and_changes_nothing_of_another(
                 await matrix.client_ids(operation)
         await tally.key_usage.flush(tally.database)
         after = ledger_rows(tmp_path, theirs.ledger_id)
+        mixed_up = await matrix.still_theirs()
     with_ids = sum(bool(o.path_params) for o in keyed)
     print(f"\ntenant isolation: {with_ids} routes with ids; {matrix.calls} calls by ledger A's key")
     assert not matrix.failures, f"{len(matrix.failures)} failures:\n" + "\n".join(matrix.failures)
     changed = [table for table in before if before[table] != after[table]]
     assert not changed, f"B's rows changed in {changed}"
+    assert not mixed_up, "\n".join(mixed_up)
