@@ -8,13 +8,14 @@ Limits on sizes are part of the contract too and are listed in ``docs/limits.md`
 from __future__ import annotations
 
 import math
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import Query
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -42,6 +43,18 @@ Limit = Annotated[int, Query(ge=1, le=1000)]  # the page size of every list
 Currency = Annotated[str, StringConstraints(strict=True, pattern=CURRENCY_PATTERN)]
 Name = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=255)]
 Description = Annotated[str, StringConstraints(strict=True, max_length=1000)]
+
+
+def utc_instant(value: datetime) -> datetime:
+    """``value`` (with a time zone) in UTC; ``ValueError`` if it leaves the years 1-9999 there."""
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # 9999-12-31T23:00:00-05:00 is in the year 10000 in UTC
+        raise ValueError("the time is out of range (years 1-9999 in UTC)") from None
+
+
+# An RFC 3339 date-time with a time zone that Tally can store and compare (as UTC).
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(utc_instant)]
 
 
 def _depth(value: Any, level: int = 1) -> int:
@@ -151,7 +164,7 @@ class TransferCreate(Metadata):
     legs: list[LegIn] | None = Field(default=None, min_length=2, max_length=MAX_LEGS)
     description: Description | None = None
     pending: StrictBool = Field(default=False, description="Place a hold instead of posting.")
-    expires_at: AwareDatetime | None = Field(
+    expires_at: UtcDatetime | None = Field(
         default=None, description="When a hold ends by itself; must be in the future (database clock)."
     )
 

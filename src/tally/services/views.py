@@ -19,7 +19,8 @@ JsonObject = dict[str, Any]
 def timestamp(value: datetime | None) -> str | None:
     if value is None:
         return None
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat, not strftime("%Y"): glibc writes the year 250 as "250", and RFC 3339 needs four digits.
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def ledger_view(ledger: Ledger) -> JsonObject:

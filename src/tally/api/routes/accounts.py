@@ -27,6 +27,7 @@ from tally.api.schemas import (
     Currency,
     EntryPage,
     Limit,
+    utc_instant,
 )
 from tally.api.statement_schemas import StatementPage
 from tally.domain.accounts import AccountStatus, Bounds
@@ -121,6 +122,10 @@ async def change_account(account_id: str, body: AccountPatch, request: Request) 
 async def get_balance(account_id: str, request: Request, as_of: datetime | None = None) -> Response:
     if as_of is not None and as_of.tzinfo is None:
         raise ValidationFailed.at(("query", "as_of"), "as_of needs a time zone (RFC 3339).")
+    try:
+        as_of = None if as_of is None else utc_instant(as_of)
+    except ValueError as error:
+        raise ValidationFailed.at(("query", "as_of"), str(error)) from None
     tally = request.app.state.tally
     if as_of is None:  # now: the cached account answers (cache-aside, written through on commit)
         account, at = await tally.caches.accounts.read(ledger_of(request), account_id)
