@@ -12,6 +12,7 @@ is problem+json with a ``code``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -94,7 +95,7 @@ async def _mismatch(
 
 @pytest.mark.parametrize("cases", [CASES], ids=[f"{CASES}-cases"])
 async def test_every_operation_answers_every_caller_as_documented(
-    backend: str, tmp_path: Path, cases: int
+    backend: str, tmp_path: Path, cases: int, record_property: Callable[[str, object], None]
 ) -> None:
     async with matrix_app(tmp_path) as (_, client):
         served = (await client.get("/openapi.json")).json()
@@ -109,5 +110,7 @@ async def test_every_operation_answers_every_caller_as_documented(
             if (wrong := await _mismatch(client, operation, caller, ids)) is not None
         ]
     total = len(inventory) * len(callers)
-    print(f"\nscope matrix: {len(inventory)} operations x {len(callers)} callers = {total} cases")
+    summary = f"scope matrix: {len(inventory)} operations x {len(callers)} callers = {total} cases"
+    print(f"\n{summary}")
+    record_property("matrix", summary)
     assert not failures, f"{len(failures)} of {total} cases:\n" + "\n".join(failures)

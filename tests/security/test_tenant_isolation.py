@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -266,7 +267,7 @@ COUNT = sum(len(o.path_params) > 0 for o in committed_operations() if o.access i
 
 @pytest.mark.parametrize("routes", [COUNT], ids=[f"{COUNT}-routes-with-ids"])
 async def test_a_key_of_one_ledger_finds_and_changes_nothing_of_another(
-    backend: str, tmp_path: Path, routes: int
+    backend: str, tmp_path: Path, routes: int, record_property: Callable[[str, object], None]
 ) -> None:
     async with matrix_app(tmp_path) as (tally, client):
         inventory = operations((await client.get("/openapi.json")).json())
@@ -296,7 +297,9 @@ async def test_a_key_of_one_ledger_finds_and_changes_nothing_of_another(
         after = ledger_rows(tmp_path, theirs.ledger_id)
         mixed_up = await matrix.still_theirs()
     with_ids = sum(bool(o.path_params) for o in keyed)
-    print(f"\ntenant isolation: {with_ids} routes with ids; {matrix.calls} calls by ledger A's key")
+    summary = f"tenant isolation: {with_ids} routes with ids; {matrix.calls} calls by ledger A's key"
+    print(f"\n{summary}")
+    record_property("matrix", summary)
     assert not matrix.failures, f"{len(matrix.failures)} failures:\n" + "\n".join(matrix.failures)
     changed = [table for table in before if before[table] != after[table]]
     assert not changed, f"B's rows changed in {changed}"
