@@ -18,8 +18,9 @@ from tests.support import serving_in_process, settings_for
 async def matrix_app(directory: Path) -> AsyncIterator[tuple[Tally, httpx.AsyncClient]]:
     """A fresh Tally on ``directory``'s database and a client of it.
 
-    The ops token is set so operations routes are guarded; holds are not swept and no batch job is
-    scheduled, so nothing changes a ledger behind the matrix's back.
+    The ops token is set so operations routes are guarded. Holds are not swept, no batch job is
+    scheduled and key usage is written only when a test flushes it (``tally.key_usage.flush``), so
+    nothing changes a ledger behind the matrix's back.
     """
     tally = Tally(
         settings_for(
@@ -28,6 +29,7 @@ async def matrix_app(directory: Path) -> AsyncIterator[tuple[Tally, httpx.AsyncC
             secret_key_file=directory / "tally.key",
             hold_sweep_seconds=3600.0,
             job_schedule=[],
+            key_usage_flush_ms=3_600_000,
         )
     )
     async with serving_in_process(tally) as client:
