@@ -232,6 +232,13 @@ class FakeTransferRepository(_Repository):
         self._state.transfer_accounts[stored.pk] = {account_pks[leg.account_id] for leg in transfer.legs}
         return stored
 
+    async def add_many(self, transfers: Sequence[tuple[Transfer, dict[str, int]]]) -> list[Transfer]:
+        return [await self.add(transfer, account_pks) for transfer, account_pks in transfers]
+
+    async def get_many(self, ledger_id: str, transfer_ids: Sequence[str]) -> dict[str, Transfer]:
+        found = [await self.get(ledger_id, transfer_id) for transfer_id in transfer_ids]
+        return {transfer.id: transfer for transfer in found if transfer is not None}
+
     async def get(self, ledger_id: str, transfer_id: str) -> Transfer | None:
         rows = self._state.transfers.values()
         return next((t for t in rows if (t.ledger_id, t.id) == (ledger_id, transfer_id)), None)
@@ -274,7 +281,11 @@ class FakeTransferRepository(_Repository):
 
 
 class FakeEntryRepository(_Repository):
-    async def add(self, transfer_pk: int, entries: Sequence[NewEntry], at: datetime) -> None:
+    async def add_many(self, entries: Sequence[tuple[int, Sequence[NewEntry]]], at: datetime) -> None:
+        for transfer_pk, of_transfer in entries:
+            self._add(transfer_pk, of_transfer, at)
+
+    def _add(self, transfer_pk: int, entries: Sequence[NewEntry], at: datetime) -> None:
         self._written()
         transfer_id = self._state.transfers[transfer_pk].id
         for new in entries:
@@ -375,6 +386,10 @@ class FakeEventRepository(_Repository):
         position = self._state.take_pk()
         self._state.events.append(StoredEvent(position, copy.deepcopy(event), at))
         return position
+
+    async def add_many(self, events: Sequence[NewEvent], at: datetime) -> None:
+        for event in events:
+            await self.add(event, at)
 
     def _event(self, stored: StoredEvent) -> Event:
         e = stored.event

@@ -186,8 +186,17 @@ class TransferRepository(Protocol):
         """Insert the transfer and its legs; return it with its ``pk``."""
         ...
 
+    async def add_many(self, transfers: Sequence[tuple[Transfer, dict[str, int]]]) -> list[Transfer]:
+        """Insert transfers (none a reversal) and their legs, one statement per table; return them
+        with their ``pk``, in order. Each comes with the pks of its legs' accounts, by account id."""
+        ...
+
     async def get(self, ledger_id: str, transfer_id: str) -> Transfer | None:
         """The transfer as stored: a due hold still reads ``pending`` here (see ``Transfer.seen_at``)."""
+        ...
+
+    async def get_many(self, ledger_id: str, transfer_ids: Sequence[str]) -> dict[str, Transfer]:
+        """Those of ``transfer_ids`` that exist, as ``get`` reads them, by id."""
         ...
 
     async def lock(self, ledger_id: str, transfer_id: str) -> Transfer | None:
@@ -242,7 +251,9 @@ class HoldRepository(Protocol):
 
 
 class EntryRepository(Protocol):
-    async def add(self, transfer_pk: int, entries: Sequence[NewEntry], at: datetime) -> None: ...
+    async def add_many(self, entries: Sequence[tuple[int, Sequence[NewEntry]]], at: datetime) -> None:
+        """Append the entries of transfers, each given with its transfer's pk, in one statement."""
+        ...
 
     async def list(self, account_pk: int, *, before: int | None, limit: int) -> Page[Entry]:
         """The postings of one account, newest first (holds and releases are not listed)."""
@@ -290,6 +301,10 @@ class Event:
 class EventRepository(Protocol):
     async def add(self, event: NewEvent, at: datetime) -> int:
         """Append to the outbox; return the event's pk (on SQLite also its consistency token)."""
+        ...
+
+    async def add_many(self, events: Sequence[NewEvent], at: datetime) -> None:
+        """Append events to the outbox in one statement."""
         ...
 
     async def position_of(self, event_id: str) -> tuple[str, FeedPosition] | None:

@@ -17,7 +17,7 @@ from tally.domain import holds
 from tally.domain.accounts import Account, Direction
 from tally.domain.postings import Change, settled, without_pending
 from tally.domain.transfers import Transfer
-from tally.services.ports import HeldLeg, NewEntry, NewEvent, Transaction
+from tally.services.ports import NewEntry, NewEvent, Transaction
 from tally.services.views import transfer_view
 
 
@@ -92,30 +92,22 @@ async def save_balances(tx: Transaction, change: Change, now: datetime) -> None:
 
 
 async def append_entries(tx: Transaction, transfer_pk: int, change: Change, at: datetime) -> None:
-    await tx.entries.add(
-        transfer_pk,
-        [
-            NewEntry(
-                change.entry_account(entry).pk,
-                entry.movement.kind,
-                entry.movement.direction,
-                entry.movement.amount,
-                entry.balance_after,
-                change.entry_account(entry).version,
-            )
-            for entry in change.entries
-        ],
-        at,
-    )
+    await tx.entries.add_many([(transfer_pk, new_entries(change))], at)
 
 
-async def add_hold(tx: Transaction, transfer: Transfer, accounts: dict[str, Account]) -> None:
-    await tx.holds.add(
-        [
-            HeldLeg(transfer.pk, accounts[leg.account_id].pk, leg.direction, leg.amount, transfer.expires_at)
-            for leg in transfer.legs
-        ]
-    )
+def new_entries(change: Change) -> list[NewEntry]:
+    """The entries a change writes, each with its account's balance after it."""
+    return [
+        NewEntry(
+            change.entry_account(entry).pk,
+            entry.movement.kind,
+            entry.movement.direction,
+            entry.movement.amount,
+            entry.balance_after,
+            change.entry_account(entry).version,
+        )
+        for entry in change.entries
+    ]
 
 
 async def seen(tx: Transaction, accounts: Sequence[Account], at: datetime) -> list[Account]:

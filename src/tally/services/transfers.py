@@ -24,10 +24,10 @@ from tally.domain.errors import (
     ValidationFailed,
 )
 from tally.domain.ids import new_id
-from tally.domain.postings import settled
+from tally.domain.postings import Change, settled
 from tally.domain.transfers import Transfer, TransferRequest, TransferStatus, plan
-from tally.services.ports import Database, NewEvent, Page, Transaction
-from tally.services.postings import add_hold, append_entries, lock_accounts, save_balances
+from tally.services.ports import Database, HeldLeg, NewEvent, Page, Transaction
+from tally.services.postings import lock_accounts, new_entries
 from tally.services.views import transfer_view
 
 
@@ -45,30 +45,42 @@ async def create_transfer(
     """
     accounts = await lock_accounts(tx, ledger_id, (leg.account_id for leg in request.legs))
     now = await tx.now()
-    return await _create(
-        tx, ledger_id, request, accounts, now=now, request_hash=request_hash, request_id=request_id
-    )
+    known = {} if request.id is None else await tx.transfers.get_many(ledger_id, [request.id])
+    decided = _decide(ledger_id, request, accounts, known, now=now, request_hash=request_hash)
+    if isinstance(decided, Transfer):
+        return decided, False
+    [transfer] = await _write(tx, ledger_id, [decided], now=now, request_id=request_id)
+    return transfer, True
 
 
-async def _create(
-    tx: Transaction,
+@dataclass(frozen=True, slots=True)
+class _Draft:
+    """A transfer decided against the locked accounts, not written yet."""
+
+    transfer: Transfer  # pk 0 until written
+    change: Change
+    account_pks: dict[str, int]
+
+
+def _decide(
     ledger_id: str,
     request: TransferRequest,
     accounts: dict[str, Account],
+    known: dict[str, Transfer],
     *,
     now: datetime,
     request_hash: bytes,
-    request_id: str | None,
-) -> tuple[Transfer, bool]:
-    """Create against ``accounts`` (locked, swept), and carry the change into them.
+) -> Transfer | _Draft:
+    """The stored transfer this request repeats, or a draft of the new one, carried into ``accounts``.
 
-    Every rule is checked before the first write, so a refused request leaves nothing behind.
+    ``known`` holds the transfers with the client ids of this request (and of the batch so far).
+    Every rule is checked before anything changes, so a refused request leaves nothing behind.
     """
     if request.id is not None:
-        existing = await tx.transfers.get(ledger_id, request.id)
+        existing = known.get(request.id)
         if existing is not None:
             if existing.request_hash == request_hash:
-                return existing.seen_at(now), False
+                return existing.seen_at(now)
             # Lookups answer before state, and state before business rules (API.md precedence).
             for leg in request.legs:
                 if leg.account_id not in accounts:
@@ -77,8 +89,7 @@ async def _create(
     if request.expires_at is not None and request.expires_at <= now:
         raise ValidationFailed.at(("body", "expires_at"), "expires_at must be in the future.")
     posting = plan(request, accounts)
-    await save_balances(tx, posting.change, now)
-    draft = Transfer(
+    transfer = Transfer(
         pk=0,
         ledger_id=ledger_id,
         id=request.id or new_id("tr"),
@@ -93,17 +104,47 @@ async def _create(
         posted_at=None if request.pending else now,
         request_hash=request_hash,
     )
-    if request.pending and draft.is_simple:
-        draft = replace(draft, held_amount=draft.amount)
-    transfer = await tx.transfers.add(
-        draft, {leg.account_id: accounts[leg.account_id].pk for leg in posting.legs}
-    )
-    await append_entries(tx, transfer.pk, posting.change, now)
-    if request.pending:
-        await add_hold(tx, transfer, accounts)
-    await tx.events.add(NewEvent(ledger_id, "transfer.created", transfer_view(transfer), request_id), now)
+    if request.pending and transfer.is_simple:
+        transfer = replace(transfer, held_amount=transfer.amount)
     settled(accounts, posting.change)
-    return transfer, True
+    known[transfer.id] = transfer
+    return _Draft(
+        transfer, posting.change, {leg.account_id: accounts[leg.account_id].pk for leg in posting.legs}
+    )
+
+
+async def _write(
+    tx: Transaction, ledger_id: str, drafts: Sequence[_Draft], *, now: datetime, request_id: str | None
+) -> list[Transfer]:
+    """Write the drafts, one statement per table however many there are: the balances as the last
+    draft left them, then the transfers, their legs, entries, holds and events."""
+    final: dict[int, Account] = {}
+    for draft in drafts:
+        final.update((account.pk, account) for account in draft.change.accounts.values())
+    await tx.accounts.save_balances(list(final.values()), now)
+    transfers = await tx.transfers.add_many([(draft.transfer, draft.account_pks) for draft in drafts])
+    await tx.entries.add_many(
+        [(transfer.pk, new_entries(draft.change)) for transfer, draft in zip(transfers, drafts, strict=True)],
+        now,
+    )
+    held = [
+        HeldLeg(
+            transfer.pk, draft.account_pks[leg.account_id], leg.direction, leg.amount, transfer.expires_at
+        )
+        for transfer, draft in zip(transfers, drafts, strict=True)
+        if transfer.status is TransferStatus.PENDING
+        for leg in transfer.legs
+    ]
+    if held:
+        await tx.holds.add(held)
+    await tx.events.add_many(
+        [
+            NewEvent(ledger_id, "transfer.created", transfer_view(transfer), request_id)
+            for transfer in transfers
+        ],
+        now,
+    )
+    return transfers
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,36 +174,50 @@ async def create_batch(
 ) -> list[ItemOutcome]:
     """Apply ``items`` in order in one transaction; item n sees what item n−1 did.
 
-    Every item is tried, so that an atomic batch reports all of its failures (``BatchFailed``, and
-    the transaction rolls back); otherwise failed items are reported and the rest is applied. The
-    accounts of the whole batch are locked once, up front, in one order.
+    Every item is decided in memory first, so that an atomic batch reports all of its failures
+    (``BatchFailed``, and nothing is written); otherwise failed items are reported and the rest is
+    applied. The accounts of the whole batch are locked once, up front, in one order, and the
+    transfers already using the batch's client ids are read in one statement; the created transfers
+    are then written with one statement per table (``_write``).
     """
     named = (leg.account_id for item in items if item.request for leg in item.request.legs)
     accounts = await lock_accounts(tx, ledger_id, named)
     now = await tx.now()
+    ids = {item.request.id for item in items if item.request is not None and item.request.id is not None}
+    known = await tx.transfers.get_many(ledger_id, sorted(ids)) if ids else {}
     outcomes: list[ItemOutcome] = []
+    drafts: list[_Draft] = []
     for index, item in enumerate(items):
         if item.request is None:
             outcomes.append(ItemOutcome(index, "error", error=item.error))
             continue
         try:
-            transfer, created = await _create(
-                tx,
-                ledger_id,
-                item.request,
-                accounts,
-                now=now,
-                request_hash=item.request_hash,
-                request_id=request_id,
+            decided = _decide(
+                ledger_id, item.request, accounts, known, now=now, request_hash=item.request_hash
             )
         except (Rejection, RequestError, NotFound) as error:
             outcomes.append(ItemOutcome(index, "error", error=error))
         else:
-            outcomes.append(ItemOutcome(index, "created" if created else "exists", transfer=transfer))
+            if isinstance(decided, _Draft):
+                drafts.append(decided)
+                outcomes.append(ItemOutcome(index, "created", transfer=decided.transfer))
+            else:
+                outcomes.append(ItemOutcome(index, "exists", transfer=decided))
     failures = [(o.index, o.error) for o in outcomes if o.error is not None]
     if atomic and failures:
         raise BatchFailed(failures)
-    return outcomes
+    if not drafts:
+        return outcomes
+    written = {t.id: t for t in await _write(tx, ledger_id, drafts, now=now, request_id=request_id)}
+    # Outcomes name drafts (pk 0); a repeat of a transfer created earlier in this batch, too.
+    return [_written_in(outcome, written, now) for outcome in outcomes]
+
+
+def _written_in(outcome: ItemOutcome, written: dict[str, Transfer], now: datetime) -> ItemOutcome:
+    if outcome.transfer is None or outcome.transfer.pk != 0:
+        return outcome
+    stored = written[outcome.transfer.id]
+    return replace(outcome, transfer=stored if outcome.status == "created" else stored.seen_at(now))
 
 
 async def get_transfer(database: Database, ledger_id: str, transfer_id: str) -> Transfer:

@@ -59,7 +59,7 @@ def _entry(row: Any) -> Entry:  # a Row of entries + transfer_id
 
 
 class SqlEntryRepository(SqlRepository):
-    async def add(self, transfer_pk: int, entries: Sequence[NewEntry], at: datetime) -> None:
+    async def add_many(self, entries: Sequence[tuple[int, Sequence[NewEntry]]], at: datetime) -> None:
         self._tx.mark_written()
         micros = to_micros(at)
         await self._conn.execute(
@@ -77,7 +77,8 @@ class SqlEntryRepository(SqlRepository):
                     "account_version": e.account_version,
                     "created_at": micros,
                 }
-                for e in entries
+                for transfer_pk, of_transfer in entries
+                for e in of_transfer
             ],
         )
 

@@ -43,22 +43,34 @@ def _event(row: Any) -> Event:
 
 class SqlEventRepository(SqlRepository):
     async def add(self, event: NewEvent, at: datetime) -> int:
-        self._tx.mark_written()
-        values = {
-            "id": new_id("evt"),
-            "ledger_id": event.ledger_id,
-            "type": event.type,
-            "data": dump_json(event.data),
-            "request_id": event.request_id,
-            "created_at": to_micros(at),
-        }
-        if self._postgres:
-            result = await self._conn.execute(_insert_pg, values)
-        else:
-            result = await self._conn.execute(_insert, {**values, "xid": 0})
-        pk: int = result.scalar_one()
-        self._tx.saw_event(pk)
+        [pk] = await self._add([event], at)
         return pk
+
+    async def add_many(self, events: Sequence[NewEvent], at: datetime) -> None:
+        if events:
+            await self._add(events, at)
+
+    async def _add(self, events: Sequence[NewEvent], at: datetime) -> list[int]:
+        self._tx.mark_written()
+        micros = to_micros(at)
+        rows = [
+            {
+                "id": new_id("evt"),
+                "ledger_id": event.ledger_id,
+                "type": event.type,
+                "data": dump_json(event.data),
+                "request_id": event.request_id,
+                "created_at": micros,
+            }
+            for event in events
+        ]
+        if self._postgres:
+            result = await self._conn.execute(_insert_pg, rows)
+        else:
+            result = await self._conn.execute(_insert, [{**row, "xid": 0} for row in rows])
+        pks: list[int] = list(result.scalars())
+        self._tx.saw_event(max(pks))
+        return pks
 
     async def position_of(self, event_id: str) -> tuple[str, FeedPosition] | None:
         query = select(_ev.c.ledger_id, _ev.c.xid, _ev.c.pk).where(_ev.c.id == event_id)

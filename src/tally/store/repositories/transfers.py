@@ -35,10 +35,16 @@ _with_reversed = select(*_t.c, _reversed.c.id.label("reverses_id")).outerjoin(
     _reversed, _reversed.c.pk == _t.c.reverses_pk
 )
 _by_id = _with_reversed.where(_t.c.ledger_id == bindparam("ledger_id"), _t.c.id == bindparam("id"))
+_by_ids = _with_reversed.where(
+    _t.c.ledger_id == bindparam("ledger_id"), _t.c.id.in_(bindparam("ids", expanding=True))
+)
 _by_id_for_update = _by_id.with_for_update(of=_t, key_share=True)
 _by_pk = _with_reversed.where(_t.c.pk == bindparam("pk"))
 _by_pk_for_update = _by_pk.with_for_update(of=_t, key_share=True)
 _insert = insert(_t).returning(_t.c.pk)
+# Many rows in one statement (SQLAlchemy's "insertmanyvalues"); RETURNING's order is not promised
+# then, so each pk is matched by the transfer's id.
+_insert_many = insert(_t).returning(_t.c.pk, _t.c.id)
 _insert_legs = insert(_l)
 _save = (
     update(_t)
@@ -93,46 +99,65 @@ def _transfer(row: Any, legs: tuple[Leg, ...]) -> Transfer:
     )
 
 
+def _row(transfer: Transfer, reverses_pk: int | None) -> dict[str, Any]:
+    return {
+        "ledger_id": transfer.ledger_id,
+        "id": transfer.id,
+        "status": transfer.status.value,
+        "description": transfer.description,
+        "metadata": dump_json(transfer.metadata),
+        "reverses_pk": reverses_pk,
+        "reversed_amount": transfer.reversed_amount,
+        "held_amount": transfer.held_amount,
+        "expires_at": maybe_to_micros(transfer.expires_at),
+        "request_hash": transfer.request_hash,
+        "created_at": to_micros(transfer.created_at),
+        "posted_at": maybe_to_micros(transfer.posted_at),
+    }
+
+
+def _leg_rows(transfer: Transfer, account_pks: dict[str, int]) -> list[dict[str, Any]]:
+    return [
+        {
+            "transfer_pk": transfer.pk,
+            "position": position,
+            "account_pk": account_pks[leg.account_id],
+            "direction": leg.direction.value,
+            "amount": leg.amount,
+        }
+        for position, leg in enumerate(transfer.legs)
+    ]
+
+
 class SqlTransferRepository(SqlRepository):
     async def add(
         self, transfer: Transfer, account_pks: dict[str, int], *, reverses_pk: int | None = None
     ) -> Transfer:
         self._tx.mark_written()
-        result = await self._conn.execute(
-            _insert,
-            {
-                "ledger_id": transfer.ledger_id,
-                "id": transfer.id,
-                "status": transfer.status.value,
-                "description": transfer.description,
-                "metadata": dump_json(transfer.metadata),
-                "reverses_pk": reverses_pk,
-                "reversed_amount": transfer.reversed_amount,
-                "held_amount": transfer.held_amount,
-                "expires_at": maybe_to_micros(transfer.expires_at),
-                "request_hash": transfer.request_hash,
-                "created_at": to_micros(transfer.created_at),
-                "posted_at": maybe_to_micros(transfer.posted_at),
-            },
-        )
-        pk: int = result.scalar_one()
+        pk: int = (await self._conn.execute(_insert, _row(transfer, reverses_pk))).scalar_one()
+        added = replace(transfer, pk=pk)
+        await self._conn.execute(_insert_legs, _leg_rows(added, account_pks))
+        return added
+
+    async def add_many(self, transfers: Sequence[tuple[Transfer, dict[str, int]]]) -> list[Transfer]:
+        if not transfers:
+            return []
+        self._tx.mark_written()
+        rows = await self._conn.execute(_insert_many, [_row(transfer, None) for transfer, _ in transfers])
+        pks = {row.id: row.pk for row in rows}
+        added = [(replace(transfer, pk=pks[transfer.id]), account_pks) for transfer, account_pks in transfers]
         await self._conn.execute(
-            _insert_legs,
-            [
-                {
-                    "transfer_pk": pk,
-                    "position": position,
-                    "account_pk": account_pks[leg.account_id],
-                    "direction": leg.direction.value,
-                    "amount": leg.amount,
-                }
-                for position, leg in enumerate(transfer.legs)
-            ],
+            _insert_legs, [leg for transfer, account_pks in added for leg in _leg_rows(transfer, account_pks)]
         )
-        return replace(transfer, pk=pk)
+        return [transfer for transfer, _ in added]
 
     async def get(self, ledger_id: str, transfer_id: str) -> Transfer | None:
         return await self._one(_by_id, {"ledger_id": ledger_id, "id": transfer_id})
+
+    async def get_many(self, ledger_id: str, transfer_ids: Sequence[str]) -> dict[str, Transfer]:
+        rows = (await self._conn.execute(_by_ids, {"ledger_id": ledger_id, "ids": list(transfer_ids)})).all()
+        legs = await self._legs([row.pk for row in rows])
+        return {row.id: _transfer(row, legs[row.pk]) for row in rows}
 
     async def lock(self, ledger_id: str, transfer_id: str) -> Transfer | None:
         # FOR UPDATE on PostgreSQL; on SQLite the write transaction already holds the database lock.
