@@ -148,6 +148,9 @@ def _serve(args: argparse.Namespace) -> int:
     if (refusal := schema_refusal(settings.database_url)) is not None:  # one line, not a traceback
         print(f"tally serve: {refusal}", file=sys.stderr)
         return 1
+    from tally.api.connections import ConnectionLimits, http_protocol
+
+    limits = ConnectionLimits(settings.max_header_bytes, settings.header_read_timeout_ms / 1000)
     server: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
@@ -155,8 +158,11 @@ def _serve(args: argparse.Namespace) -> int:
         "log_config": None,  # Tally's logging (observability.logging) formats uvicorn's lines too
         "access_log": False,  # Tally writes its own access line, with the request id
         "server_header": False,
-        "timeout_keep_alive": 5,
-        "h11_max_incomplete_event_size": 64 * 1024,
+        # httptools, with the header-size and header-time bounds uvicorn lacks (api/connections.py).
+        "http": http_protocol(limits),
+        "timeout_keep_alive": settings.keep_alive_seconds,
+        # Only h11 reads this; set all the same, so that no HTTP implementation runs unbounded.
+        "h11_max_incomplete_event_size": settings.max_header_bytes,
     }
     if settings.workers == 1:
         from tally.bootstrap import build_app

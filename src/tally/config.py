@@ -60,6 +60,26 @@ class Settings(BaseSettings):
     log_format: Literal["json", "console"] = Field(default_factory=_default_log_format)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # Slow and oversized clients (docs/limits.md, "Connections"): enforced by `tally serve`'s
+    # connection protocol (api/connections.py) and the request middleware.
+    max_header_bytes: int = Field(
+        default=16 * 1024,
+        ge=1024,
+        le=1024 * 1024,
+        description="Largest request line plus header block; larger → 431 and the connection closed.",
+    )
+    header_read_timeout_ms: int = Field(
+        default=10_000,
+        ge=1,
+        description="A connection must send a whole header block within this, from connect or its first "
+        "byte; else 408 (or, before any byte, the connection is closed).",
+    )
+    body_read_timeout_ms: int = Field(
+        default=10_000, ge=1, description="A request must send its whole body within this; else 408."
+    )
+    keep_alive_seconds: int = Field(
+        default=5, ge=1, le=3600, description="An idle kept-alive connection is closed after this."
+    )
     request_timeout_ms: int = Field(
         default=10_000, ge=1, description="Maximum time budget of a request (Tally-Timeout-Ms is capped)."
     )

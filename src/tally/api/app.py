@@ -27,6 +27,7 @@ from tally.api.routes import (
     webhooks,
 )
 from tally.api.schemas import ProblemOut
+from tally.config import Settings
 from tally.domain import errors
 from tally.observability.requests import RequestMetrics
 from tally.services.ports import StoredReply
@@ -36,6 +37,7 @@ class Service(Protocol):
     """What the app needs from the composition root (``tally.bootstrap.Tally``)."""
 
     max_body_bytes: int
+    settings: Settings
     request_observer: RequestMetrics | None  # None when metrics are off
 
     async def start(self) -> None: ...
@@ -72,7 +74,10 @@ def create_app(tally: Service) -> FastAPI:
     ):
         app.include_router(router)
     app.add_middleware(
-        RequestContextMiddleware, max_body_bytes=tally.max_body_bytes, observer=tally.request_observer
+        RequestContextMiddleware,
+        max_body_bytes=tally.max_body_bytes,
+        body_read_seconds=tally.settings.body_read_timeout_ms / 1000,
+        observer=tally.request_observer,
     )
     _install_error_handlers(app)
     app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]

@@ -6,6 +6,13 @@ The body is read here, at most ``max_body_bytes`` of it, whether or not it decla
 ``state["body_too_large"]``. ``TallyRoute`` answers 413 for it after authentication and scope, as the
 API's error precedence asks, without the rest of the body ever being read.
 
+The whole body must arrive within ``body_read_seconds`` (``TALLY_BODY_READ_TIMEOUT_MS``): a client
+that sends its headers and then trickles its body, or nothing, would otherwise hold the request
+(and its memory) forever. Past the deadline the app is not called; the answer is 408
+``request_timeout`` with ``Connection: close``, since the rest of the body may still be on its way
+(RFC 9110 §15.5.9). That comes before authentication: a request that never finished arriving has
+no precedence to keep.
+
 When metrics are on, each exchange is handed to ``observability.requests.RequestMetrics`` once the
 response is sent, with what the response said: status, ``Idempotent-Replayed`` and, for a
 problem+json body, its ``code``. The statements the request ran are counted in a ``QueryTally``
@@ -14,6 +21,7 @@ started here, and land in the access line (``db_queries``, ``db_ms``).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -31,9 +39,17 @@ _PROBLEM_BODY_LIMIT = 16 * 1024  # problem bodies are small; a larger one is not
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, observer: RequestMetrics | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        body_read_seconds: float = 10.0,
+        observer: RequestMetrics | None = None,
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.body_read_seconds = body_read_seconds
         self.observer = observer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -53,7 +69,12 @@ class RequestContextMiddleware:
             queries = start_tally()
             self.observer.started()
         try:
-            body = await self._read_body(headers, receive)
+            try:
+                async with asyncio.timeout(self.body_read_seconds):
+                    body = await self._read_body(headers, receive)
+            except TimeoutError:
+                await _request_timeout(response.send, request_id, self.body_read_seconds)
+                return
             if body is None:
                 scope["state"]["body_too_large"] = True
                 body = b""
@@ -166,6 +187,24 @@ async def _internal_error(send: Send, request_id: str) -> None:
             "headers": [
                 (b"content-type", b"application/problem+json"),
                 (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _request_timeout(send: Send, request_id: str, seconds: float) -> None:
+    problem = BY_CODE["request_timeout"]
+    detail = f"The body did not arrive within {seconds:g} s; nothing was applied."
+    body = problem_body(problem, detail, request_id)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 408,
+            "headers": [
+                (b"content-type", b"application/problem+json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
             ],
         }
     )

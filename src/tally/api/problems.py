@@ -29,7 +29,9 @@ _ROWS: list[tuple[type[e.TallyError] | None, Problem]] = [
             "validation_error",
             422,
             "The request is not valid",
-            "Fix the fields listed in `errors` (each has a `loc` and a `msg`) and send it again.",
+            "Fix the fields listed in `errors` (each has a `loc` and a `msg`) and send it again. A "
+            "field past its bound is reported here too, at its `loc`: a string too long, a batch of "
+            "more than 1000 transfers (`body.transfers`), a `limit` outside 1-1000 (`query.limit`).",
         ),
     ),
     (
@@ -48,6 +50,36 @@ _ROWS: list[tuple[type[e.TallyError] | None, Problem]] = [
             413,
             "The body is too large",
             "Bodies are limited to 1 MiB. Split a large batch into several requests.",
+        ),
+    ),
+    (
+        e.JsonTooDeep,
+        Problem(
+            "json_too_deep",
+            400,
+            "The body nests too deeply",
+            "Objects and arrays may nest at most 64 levels deep in a body (a valid one needs fewer "
+            "than 10); flatten the document.",
+        ),
+    ),
+    (
+        None,
+        Problem(
+            "request_timeout",
+            408,
+            "The request was not received in time",
+            "The connection sent its headers or its body too slowly, so Tally stopped waiting and closed "
+            "it; nothing was applied. Send the whole request at once, on a new connection.",
+        ),
+    ),
+    (
+        None,
+        Problem(
+            "headers_too_large",
+            431,
+            "The request's headers are too large",
+            "The request line and headers together are limited to 16 KiB by default "
+            "(TALLY_MAX_HEADER_BYTES); send fewer or shorter headers, on a new connection.",
         ),
     ),
     (

@@ -10,6 +10,9 @@ Operations routes that show operational data (``/metrics``, ``/dashboard``) are 
 ``OPS_PAGE`` (pages a browser opens from a link), as ``?token=``. Tokens are compared as SHA-256
 digests with ``hmac.compare_digest``: constant time, and no length to learn.
 
+A body that nests deeper than ``json_depth.MAX_JSON_DEPTH`` is refused (400 ``json_too_deep``) right
+after the size check (413), before FastAPI parses it.
+
 Keyed routes are rate limited per key (the root key counts as the key ``root``) right after
 authorisation and before the body is looked at: authentication (401) → scope (403) → rate limit
 (429) → body and query validation (ADR 0029). A refusal is 429 ``rate_limited`` with
@@ -32,10 +35,18 @@ from typing import Any
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
 
+from tally.api.json_depth import MAX_JSON_DEPTH, deeper_than
 from tally.api.problems import render_error
 from tally.api.replies import request_id, respond
 from tally.cache.rate_limits import Decision, Policy, RateLimiter
-from tally.domain.errors import Forbidden, PayloadTooLarge, RateLimited, Unauthenticated, ValidationFailed
+from tally.domain.errors import (
+    Forbidden,
+    JsonTooDeep,
+    PayloadTooLarge,
+    RateLimited,
+    Unauthenticated,
+    ValidationFailed,
+)
 from tally.domain.keys import Scope, effective_scopes
 from tally.services.consistency import Consistency, ReadIntent, begin_reads
 from tally.services.deadline import Deadline, set_deadline
@@ -58,6 +69,7 @@ class Access(StrEnum):
 
 
 _KEYLESS = frozenset({Access.PUBLIC, Access.OPS, Access.OPS_PAGE})
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})  # the ones whose body is parsed as JSON
 _POLICY = '"default"'  # the name of the one quota policy in the RateLimit headers
 _RATE_LIMITED_RESPONSE: dict[str, Any] = {
     "description": "Too many requests for this key (`rate_limited`); nothing was applied.",
@@ -149,6 +161,8 @@ class TallyRoute(APIRoute):
             if request.scope["state"].get("body_too_large"):
                 limit = request.app.state.tally.max_body_bytes
                 raise PayloadTooLarge(f"The body exceeds {limit} bytes.")
+            if request.method in _BODY_METHODS and deeper_than(await request.body()):
+                raise JsonTooDeep(f"The body nests deeper than {MAX_JSON_DEPTH} levels.")
             if malformed:
                 raise ValidationFailed.at(
                     ("header", "Tally-Timeout-Ms"), "Must be a positive integer number of milliseconds."

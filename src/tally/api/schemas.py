@@ -40,6 +40,8 @@ Amount = Annotated[int, Field(strict=True, ge=1, le=MAX_AMOUNT, examples=[1500])
 Int64 = Annotated[int, Field(strict=True, ge=INT64_MIN, le=INT64_MAX)]
 ClientId = Annotated[str, StringConstraints(strict=True, pattern=CLIENT_ID_PATTERN)]
 Limit = Annotated[int, Query(ge=1, le=1000)]  # the page size of every list
+# A `next_cursor` of a list (27 characters at most today); anything else is 422 `Unknown cursor.`
+Cursor = Annotated[str | None, Query(max_length=64)]
 Currency = Annotated[str, StringConstraints(strict=True, pattern=CURRENCY_PATTERN)]
 Name = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=255)]
 Description = Annotated[str, StringConstraints(strict=True, max_length=1000)]

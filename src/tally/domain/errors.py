@@ -7,6 +7,7 @@ exactly one problem ``code`` and HTTP status. Services and adapters raise these,
     ├── RequestError                 the request itself is wrong (decided before any lookup)
     │   ├── ValidationFailed         422 validation_error (with field errors)
     │   ├── PayloadTooLarge          413 payload_too_large
+    │   ├── JsonTooDeep              400 json_too_deep
     │   ├── SameAccount              422 same_account
     │   ├── UnbalancedTransfer       422 unbalanced_transfer
     │   │   └── UnbalancedInCurrency     the same, found after the lookups (also a Rejection)
@@ -82,6 +83,10 @@ class ValidationFailed(RequestError):
 
 class PayloadTooLarge(RequestError):
     pass
+
+
+class JsonTooDeep(RequestError):
+    """The body nests objects and arrays deeper than Tally parses (decided before parsing)."""
 
 
 class SameAccount(RequestError):

@@ -25,6 +25,7 @@ from tally.api.schemas import (
     AccountPatch,
     BalanceOut,
     Currency,
+    Cursor,
     EntryPage,
     Limit,
     utc_instant,
@@ -74,7 +75,7 @@ async def list_accounts(
     currency: Annotated[Currency | None, Query()] = None,
     status: AccountStatus | None = None,
     limit: Limit = 100,
-    cursor: str | None = None,
+    cursor: Cursor = None,
 ) -> Response:
     page = await accounts.list_accounts(
         request.app.state.tally.database,
@@ -150,7 +151,7 @@ async def get_balance(account_id: str, request: Request, as_of: datetime | None 
 
 @router.get("/v1/accounts/{account_id}/entries", response_model=EntryPage, openapi_extra=access(Access.READ))
 async def list_entries(
-    account_id: str, request: Request, limit: Limit = 100, cursor: str | None = None
+    account_id: str, request: Request, limit: Limit = 100, cursor: Cursor = None
 ) -> Response:
     page = await accounts.list_entries(
         request.app.state.tally.database,
@@ -174,7 +175,7 @@ async def list_statements(
     first: Annotated[date, Query(alias="from", description="The first UTC day, YYYY-MM-DD.")],
     last: Annotated[date, Query(alias="to", description="The last UTC day, YYYY-MM-DD (inclusive).")],
     limit: Limit = 100,
-    cursor: str | None = None,
+    cursor: Cursor = None,
 ) -> Response:
     """The account's daily statements, oldest day first (ADR 0033).
 

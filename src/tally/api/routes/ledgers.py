@@ -15,6 +15,7 @@ from tally.api.replies import (
 )
 from tally.api.routing import Access, TallyRoute, access, principal
 from tally.api.schemas import (
+    Cursor,
     KeyCreate,
     KeyCreated,
     KeyPage,
@@ -82,9 +83,7 @@ async def create_key(ledger_id: str, body: KeyCreate, request: Request) -> Respo
 
 
 @router.get("/v1/ledgers/{ledger_id}/keys", response_model=KeyPage, openapi_extra=access(Access.KEYS))
-async def list_keys(
-    ledger_id: str, request: Request, limit: Limit = 100, cursor: str | None = None
-) -> Response:
+async def list_keys(ledger_id: str, request: Request, limit: Limit = 100, cursor: Cursor = None) -> Response:
     _own_ledger(request, ledger_id)
     page = await ledgers.list_keys(
         request.app.state.tally.database, ledger_id, after=decode_cursor(cursor), limit=limit

@@ -21,6 +21,7 @@ from tally.api.routing import Access, TallyRoute, access, ledger_of
 from tally.api.schemas import (
     BatchOut,
     ClientId,
+    Cursor,
     HoldPost,
     HoldVoid,
     Limit,
@@ -194,7 +195,7 @@ async def list_transfers(
     account_id: Annotated[ClientId | None, Query()] = None,
     status: TransferStatus | None = None,
     limit: Limit = 100,
-    cursor: str | None = None,
+    cursor: Cursor = None,
 ) -> Response:
     page = await transfers.list_transfers(
         request.app.state.tally.database,

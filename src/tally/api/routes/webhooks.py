@@ -7,7 +7,7 @@ from fastapi import APIRouter, Request, Response
 
 from tally.api.replies import decode_cursor, json_reply, page_reply, respond_outcome, run_write
 from tally.api.routing import Access, TallyRoute, access, ledger_of
-from tally.api.schemas import Limit
+from tally.api.schemas import Cursor, Limit
 from tally.api.webhook_schemas import (
     DeliveryPage,
     DeliveryStatus,
@@ -61,7 +61,7 @@ async def create_webhook(body: WebhookCreate, request: Request) -> Response:
 
 
 @router.get("/v1/webhooks", response_model=WebhookPage, openapi_extra=access(Access.ADMIN))
-async def list_webhooks(request: Request, limit: Limit = 100, cursor: str | None = None) -> Response:
+async def list_webhooks(request: Request, limit: Limit = 100, cursor: Cursor = None) -> Response:
     """The ledger's subscriptions, oldest first (never their secrets)."""
     page = await webhooks.list_webhooks(
         request.app.state.tally.database, ledger_of(request), after=decode_cursor(cursor), limit=limit
@@ -87,7 +87,7 @@ async def list_deliveries(
     request: Request,
     status: DeliveryStatus | None = None,
     limit: Limit = 100,
-    cursor: str | None = None,
+    cursor: Cursor = None,
 ) -> Response:
     """The subscription's deliveries, oldest first, each with its attempts (`attempt_log`)."""
     page = await webhooks.list_deliveries(
