@@ -154,8 +154,15 @@ async def _finished_batch(
 
 async def statements_of_today(tally: Tally) -> None:
     """Run the statements job for today (UTC): every account with a posting today, of every ledger,
-    gets one. Run once all the ledgers are populated: a (job, day) run is claimed only once."""
-    today = datetime.now(UTC).date().isoformat()
-    await run_batch_job(
-        tally.database, StatementsJob(), today, owner=new_owner(), lease=timedelta(seconds=30), progress=None
-    )
+    gets one. Run once all the ledgers are populated: a (job, day) run is claimed only once.
+    Yesterday too when it ended a moment ago, so postings made just before midnight are covered."""
+    now = datetime.now(UTC)
+    for day in sorted({(now - timedelta(minutes=1)).date(), now.date()}):
+        await run_batch_job(
+            tally.database,
+            StatementsJob(),
+            day.isoformat(),
+            owner=new_owner(),
+            lease=timedelta(seconds=30),
+            progress=None,
+        )
