@@ -16,8 +16,10 @@ counter's estimate may let one more request through). The cooldown runs on an in
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack, contextmanager
@@ -168,6 +170,18 @@ async def test_in_process_each_limiter_counts_alone(limiter_on: Factory) -> None
 
     assert (await first.check(key)).outcome == "limited"
     assert (await second.check(key)).outcome == "allowed"
+
+
+async def test_in_process_a_late_event_loop_does_not_switch_limits_off(limiter_on: Factory) -> None:
+    limiter, key = limiter_on("memory://"), new_key()
+    loop = asyncio.get_running_loop()
+    outcomes = []
+    for _ in range(QUOTA + 1):
+        # Something else holds the loop for longer than the limiter's timeout, as under overload.
+        loop.call_soon(time.sleep, TIMEOUT_MS / 1000 * 2)
+        outcomes.append((await limiter.check(key)).outcome)
+
+    assert outcomes == ["allowed"] * QUOTA + ["limited"]
 
 
 async def test_a_dead_server_lets_requests_pass_counted_and_limiting_resumes_when_it_is_back(

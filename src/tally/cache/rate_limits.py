@@ -137,7 +137,13 @@ class RateLimiter:
         background, bounded by the client's own timeouts, and a hit that lands late still counts.
         Cancelling it instead would be unsafe: a memcachio call cancelled while it connects loses
         its slot of the pool for good, and once both slots are gone every later call fails.
+
+        The in-process backend is awaited as it is: it does no I/O and cannot hang, and bounding it
+        would let a late event loop (a busy process) fail it, and so switch limits off exactly
+        when the process is overloaded.
         """
+        if self.backend == "memory":
+            return await call
         task = asyncio.create_task(call)
         self._running.add(task)
         task.add_done_callback(self._settled)
