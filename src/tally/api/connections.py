@@ -16,7 +16,9 @@ descriptor for as long as it liked. ``TallyHttpProtocol`` adds both bounds (``Co
   next request. Past it: 408 ``request_timeout`` if some of the request has arrived; a connection
   that has sent nothing is closed without an answer, as keep-alive expiry closes one.
 
-Both refusals are problem+json with a fresh ``X-Request-ID`` and ``Connection: close``, written here
+Both refusals are problem+json with a fresh ``X-Request-ID`` and ``Connection: close`` (except for a
+pipelined request refused while an earlier response is still going out: that response finishes,
+then the connection closes without an answer to the refused one), written here
 before any application code runs (so no access line and no request metrics: a warning line names
 them). The connection is then closed the way RFC 9112 §9.6 asks ("lingering close"): the answer
 and a FIN go out at once, what the client still sends is read and dropped, and the socket closes
@@ -76,7 +78,7 @@ class TallyHttpProtocol(HttpToolsProtocol):
         self._header_bytes = 0
         self._header_timer: asyncio.TimerHandle | None = None
         self._request_begun = False  # a byte of the request under way has arrived
-        self._headers_ended = False  # a header block ended during the current data_received
+        self._boundary_in_chunk = False  # a header block or a message ended in this data_received
         self._refused = False
         self._linger: asyncio.TimerHandle | None = None
 
@@ -97,14 +99,14 @@ class TallyHttpProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
-        self._headers_ended = False
+        self._boundary_in_chunk = False
         super().data_received(data)
-        if self._refused or not self._in_header_block or self._headers_ended:
+        if self._refused or not self._in_header_block or self._boundary_in_chunk:
             return
-        # No header block ended in this chunk, and one is still open: the whole chunk is part of it
-        # (or of the previous request's body, which only a pipelining client sends along), buffered.
-        # A chunk that ends one request and begins the next is not counted: the bound may be
-        # passed by one chunk before it is noticed, and the complete block is measured exactly.
+        # A header block is open and was open all through this chunk: the chunk is part of it.
+        # A chunk that also ends a header block or a message is not counted (which of its bytes
+        # begin the next block is not known): the bound may be passed by one read before it is
+        # noticed, and a complete block is measured exactly all the same.
         self._header_bytes += len(data)
         if self._header_bytes > self.limits.max_header_bytes:
             self._refuse_large_headers()
@@ -124,7 +126,7 @@ class TallyHttpProtocol(HttpToolsProtocol):
             return
         self._disarm_header_timer()
         self._in_header_block = False
-        self._headers_ended = True
+        self._boundary_in_chunk = True
         self._request_begun = False
         self._header_bytes = 0
         size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
@@ -141,6 +143,7 @@ class TallyHttpProtocol(HttpToolsProtocol):
         if self._refused:
             return
         self._in_header_block = True
+        self._boundary_in_chunk = True
         super().on_message_complete()
 
     def send_400_response(self, msg: str) -> None:
@@ -177,6 +180,13 @@ class TallyHttpProtocol(HttpToolsProtocol):
         self._refused = True
         self._disarm_header_timer()
         self._unset_keepalive_if_required()
+        if self.cycle is not None and not self.cycle.response_complete:
+            # A pipelined request, while an earlier one is still being answered: an answer written
+            # now would land inside that one. It finishes, then the connection closes (uvicorn
+            # closes after a response whose cycle is not kept alive); this request gets no answer.
+            self.cycle.keep_alive = False
+            _log.warning("request refused", status=status, code=code, answered=False)
+            return
         request_id = accept_request_id(None)
         body = problem_body(BY_CODE[code], detail, request_id)
         head = [STATUS_LINE[status]]
