@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, TypeVar, cast
 from tally.domain.accounts import Account, AccountStatus, Balance, EntryKind
 from tally.domain.keys import ApiKey, Ledger
 from tally.domain.transfers import Transfer, TransferStatus
+from tally.services.audit import AuditAction, AuditEvent, AuditRepository
 from tally.services.ports import (
     AccountRepository,
     ApiKeyRepository,
@@ -94,6 +95,7 @@ class State:
     events: list[StoredEvent] = field(default_factory=list)
     instance: dict[str, bytes] = field(default_factory=dict)
     consumers: dict[str, FeedPosition] = field(default_factory=dict)
+    audit: list[AuditEvent] = field(default_factory=list)
 
     def take_pk(self) -> int:
         pk = self.next_pk
@@ -148,6 +150,12 @@ class FakeApiKeyRepository(_Repository):
 
     async def revoke(self, ledger_id: str, key_id: str, at: datetime) -> None:
         self._update(ledger_id, key_id, lambda key: replace(key, revoked_at=at))
+
+    async def expire(self, ledger_id: str, key_id: str, at: datetime) -> None:
+        def expiring(key: ApiKey) -> ApiKey:
+            return replace(key, expires_at=at if key.expires_at is None else min(key.expires_at, at))
+
+        self._update(ledger_id, key_id, expiring)
 
     async def touch(self, key_id: str, at: datetime) -> None:
         self._update(None, key_id, lambda key: replace(key, last_used_at=at))
@@ -457,6 +465,22 @@ class FakeInstanceRepository(_Repository):
         return self._state.instance[name]
 
 
+class FakeAuditRepository(_Repository):
+    async def add(self, event: AuditEvent) -> None:
+        self._written()
+        self._state.audit.append(replace(event, pk=self._state.take_pk()))
+
+    async def list(
+        self, ledger_id: str, *, action: AuditAction | None, after: int | None, newest_first: bool, limit: int
+    ) -> Page[AuditEvent]:
+        found = [e for e in self._state.audit if e.ledger_id == ledger_id and action in (None, e.action)]
+        if newest_first:
+            found = [e for e in reversed(found) if after is None or e.pk < after]
+        else:
+            found = [e for e in found if after is None or e.pk > after]
+        return _page(found, limit, lambda e: e.pk)
+
+
 class FakeTransaction:
     """Implements ``services.ports.Transaction`` over one private copy of the state."""
 
@@ -475,6 +499,7 @@ class FakeTransaction:
         self.idempotency: IdempotencyRepository = FakeIdempotencyRepository(self)
         self.events: EventRepository = FakeEventRepository(self)
         self.instance: InstanceRepository = FakeInstanceRepository(self)
+        self.audit: AuditRepository = FakeAuditRepository(self)
         self.jobs = cast("JobRepository", NoQueue("jobs"))
         self.inbox = cast("InboxRepository", NoQueue("inbox"))
         self.webhooks = cast("WebhookRepository", NoQueue("webhooks"))

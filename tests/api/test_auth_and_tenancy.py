@@ -19,7 +19,7 @@ from tests.support import (
     transfer,
 )
 
-KEY_FIELDS = {"id", "name", "scopes", "created_at", "revoked_at", "last_used_at"}
+KEY_FIELDS = {"id", "name", "scopes", "created_at", "revoked_at", "last_used_at", "expires_at"}
 
 
 def secret_of(headers: dict[str, str]) -> str:

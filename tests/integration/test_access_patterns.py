@@ -49,6 +49,7 @@ EXPECTED = [
     ("the days whose statements are done", "job_runs.period >= ?", "(job=? AND period>? AND period<?)"),
     ("purge expired idempotency keys", "idempotency_keys.keep_until <", "ix_idempotency_keys_keep_until"),
     ("a job's latest runs", "FROM job_runs", "(job=?"),
+    ("a ledger's audit trail", "FROM audit_events", "ix_audit_events_ledger_id_pk"),
 ]
 
 
@@ -107,10 +108,22 @@ async def _workload(client: httpx.AsyncClient) -> LedgerKeys:
             assert (await client.get(f"{path}{sep}cursor={cursor}", headers=ledger.read)).is_success
     keys = await client.get(f"/v1/ledgers/{ledger.ledger_id}/keys", headers=ledger.admin)
     key_id = keys.json()["data"][-1]["id"]
+    rotate = f"/v1/ledgers/{ledger.ledger_id}/keys/{keys.json()['data'][-2]['id']}/rotate"
+    assert (await client.post(rotate, json={}, headers=ledger.admin)).status_code == 201
     assert (
         await client.delete(f"/v1/ledgers/{ledger.ledger_id}/keys/{key_id}", headers=ROOT)
     ).status_code == 204
+    await _audit_trail(client, ledger)
     return ledger
+
+
+async def _audit_trail(client: httpx.AsyncClient, ledger: LedgerKeys) -> None:
+    """The trail's pages both ways, and of one action (ADR 0036)."""
+    for params in ({"limit": 2}, {"limit": 2, "order": "oldest"}, {"action": "key.created", "limit": 1}):
+        page = (await client.get("/v1/audit-events", params=params, headers=ledger.admin)).json()
+        assert page["next_cursor"], page
+        more = {**params, "cursor": page["next_cursor"]}
+        assert (await client.get("/v1/audit-events", params=more, headers=ledger.admin)).is_success
 
 
 async def _key_usage(client: httpx.AsyncClient, ledger_id: str) -> None:

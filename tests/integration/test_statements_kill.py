@@ -24,6 +24,7 @@ from sqlalchemy import text
 from tally.domain.accounts import Bounds, Direction, NormalBalance
 from tally.domain.transfers import LegRequest, TransferRequest
 from tally.services.accounts import OpenAccount, open_account
+from tally.services.audit import ROOT_ACTOR, Actor
 from tally.services.ledgers import create_ledger
 from tally.services.transfers import BatchItem, create_batch
 from tally.store.codec import to_micros
@@ -78,7 +79,7 @@ async def _make_books(path: Path) -> None:
     await database.start()
     try:
         async with database.write() as tx:
-            ledger = await create_ledger(tx, "kill")
+            ledger = await create_ledger(tx, "kill", Actor(ROOT_ACTOR, None))
             for i in range(ACCOUNTS):
                 side = NormalBalance.DEBIT if i % 7 == 0 else NormalBalance.CREDIT
                 account = OpenAccount("USD", id=f"a{i}", normal_balance=side, bounds=Bounds(None, None))

@@ -37,6 +37,7 @@ from tally.services.accounts import (
     list_entries,
     open_account,
 )
+from tally.services.audit import Actor
 from tally.services.holds import SWEEP_BATCH, expire_due_holds, post_hold, void_hold
 from tally.services.idempotency import Action, IdempotencyKey, IdempotentExecutor, Outcome
 from tally.services.ports import StoredReply, Transaction
@@ -280,7 +281,7 @@ class LedgerMachine(RuleBasedStateMachine):
         tally_event(f"{what}: {expected or 'accepted'}{' once its holds expired' if swept else ''}")
 
         async def use_case(tx: Transaction, request_id: str) -> StoredReply:
-            account = await change_account(tx, LEDGER, account_id, command, request_id=request_id)
+            account = await change_account(tx, LEDGER, account_id, command, actor=Actor("key_1", request_id))
             return render(200, account_view(account))
 
         self.send(f"/v1/accounts/{account_id}", body, use_case, expected, method="PATCH")

@@ -22,6 +22,7 @@ from tally.domain.errors import (
 )
 from tally.domain.transfers import LegRequest, Transfer, TransferRequest
 from tally.services.accounts import ChangeAccount, OpenAccount, balance_as_of, change_account, open_account
+from tally.services.audit import Actor
 from tally.services.idempotency import IdempotencyKey, IdempotentExecutor
 from tally.services.ports import StoredReply, Transaction
 from tally.services.transfers import create_transfer
@@ -110,7 +111,7 @@ async def test_a_client_id_opened_again_with_another_body_is_an_id_conflict(db: 
 
 async def change(db: FakeDatabase, account_id: str, command: ChangeAccount) -> Account:
     async with db.write() as tx:
-        return await change_account(tx, LEDGER, account_id, command, request_id="r-change")
+        return await change_account(tx, LEDGER, account_id, command, actor=Actor("key_1", "r-change"))
 
 
 async def test_freezing_an_account_emits_an_update_and_keeps_its_version(db: FakeDatabase) -> None:
@@ -127,7 +128,8 @@ async def test_freezing_an_account_emits_an_update_and_keeps_its_version(db: Fak
 async def test_a_change_that_changes_nothing_writes_nothing(db: FakeDatabase) -> None:
     await open_(db, "alice")
     async with db.write() as tx:
-        await change_account(tx, LEDGER, "alice", ChangeAccount(status=AccountStatus.OPEN), request_id=None)
+        unchanged = ChangeAccount(status=AccountStatus.OPEN)
+        await change_account(tx, LEDGER, "alice", unchanged, actor=Actor("key_1", None))
         assert not tx.wrote
     assert len(db.state.events) == 1
 

@@ -18,6 +18,7 @@ from tally.api.problems import BY_CODE, problem_body, render_error
 from tally.api.replies import request_id, respond
 from tally.api.routes import (
     accounts,
+    audit,
     dashboard,
     events,
     ledgers,
@@ -68,6 +69,7 @@ def create_app(tally: Service) -> FastAPI:
         transfers.router,
         events.router,
         webhooks.router,
+        audit.router,
         transfer_batches.router,
         ops.router,
         dashboard.router,

@@ -253,6 +253,16 @@ _ROWS: list[tuple[type[e.TallyError] | None, Problem]] = [
         ),
     ),
     (
+        e.KeyNotActive,
+        Problem(
+            "key_not_active",
+            409,
+            "The key is revoked or expired",
+            "Only a key that still works can be rotated. Create a new key with the scopes you need "
+            "instead (`POST /v1/ledgers/{ledger_id}/keys`).",
+        ),
+    ),
+    (
         e.AmountExceedsPending,
         Problem(
             "amount_exceeds_pending",

@@ -48,6 +48,7 @@ from tally.domain.errors import (
     ValidationFailed,
 )
 from tally.domain.keys import Scope, effective_scopes
+from tally.services.audit import ROOT_ACTOR, Actor
 from tally.services.consistency import Consistency, ReadIntent, begin_reads
 from tally.services.deadline import Deadline, set_deadline
 from tally.services.ledgers import Principal
@@ -114,6 +115,11 @@ def access(level: Access, *, long: bool = False) -> dict[str, Any]:
 def principal(request: Request) -> Principal:
     found: Principal = request.state.principal
     return found
+
+
+def actor(request: Request) -> Actor:
+    """Who acts, for the audit trail: the calling key (``root`` for the root key) and the request id."""
+    return Actor(principal(request).key_id or ROOT_ACTOR, request_id(request))
 
 
 def ledger_of(request: Request) -> str:

@@ -111,6 +111,31 @@ class LedgerCreate(Strict):
 class KeyCreate(Strict):
     name: Name
     scopes: list[Scope] = Field(min_length=1, max_length=3)
+    expires_at: AwareDatetime | None = Field(
+        default=None,
+        description="When the key stops working by itself (RFC 3339 with a time zone); must be in "
+        "the future (database clock). Omit for a key that works until revoked.",
+    )
+
+    @field_validator("expires_at", mode="before")
+    @classmethod
+    def _rfc3339_text(cls, value: Any) -> Any:
+        if value is not None and not isinstance(value, str):  # not a number of seconds
+            raise ValueError("expires_at must be an RFC 3339 date-time with a time zone")
+        return value
+
+
+MAX_ROTATION_OVERLAP = 2_592_000  # 30 days, in seconds
+
+
+class KeyRotate(Strict):
+    overlap_seconds: int = Field(
+        default=86_400,
+        strict=True,
+        ge=0,
+        le=MAX_ROTATION_OVERLAP,
+        description="How long the old key keeps working beside the new one (0: it stops now).",
+    )
 
 
 class AccountCreate(Metadata):
@@ -217,6 +242,7 @@ class KeyOut(BaseModel):
     created_at: datetime
     revoked_at: datetime | None
     last_used_at: datetime | None
+    expires_at: datetime | None = Field(description="From this moment the key is refused; null: never.")
 
 
 class KeyCreated(BaseModel):
@@ -225,6 +251,7 @@ class KeyCreated(BaseModel):
     key: str = Field(description="The secret, shown this once.")
     scopes: list[Scope]
     created_at: datetime
+    expires_at: datetime | None
 
 
 class BalanceParts(BaseModel):

@@ -103,6 +103,7 @@ def encode_key(entry: Entry[ApiKey]) -> bytes:
             "id": k.id, "ledger_id": k.ledger_id, "name": k.name,
             "scopes": sorted(scope.value for scope in k.scopes), "created_at": _micros(k.created_at),
             "revoked_at": None if k.revoked_at is None else _micros(k.revoked_at),
+            "expires_at": None if k.expires_at is None else _micros(k.expires_at),
             "secret_hash": k.secret_hash.hex(),
         },
     )  # fmt: skip
@@ -119,6 +120,9 @@ def decode_key(raw: bytes) -> Entry[ApiKey]:
         revoked_at=None if k["revoked_at"] is None else _time(k["revoked_at"]),
         last_used_at=None,  # written behind (KeyUsage); a cached copy would only be older
         secret_hash=bytes.fromhex(k["secret_hash"]),
+        # An entry of a release before key expiry (ADR 0036) has none: during a rolling upgrade,
+        # such an entry lets an expiring key pass until it goes stale (TALLY_KEY_CACHE_TTL_MS).
+        expires_at=None if k.get("expires_at") is None else _time(k["expires_at"]),
     )
     return Entry(key, *entry)
 

@@ -35,6 +35,7 @@ exactly one problem ``code`` and HTTP status. Services and adapters raise these,
     │   ├── PartialPostNotSupported  422 partial_post_not_supported
     │   ├── ReversalExceedsOriginal  422 reversal_exceeds_original
     │   ├── PartialReversalNotSupported  422 partial_reversal_not_supported
+    │   ├── KeyNotActive             409 key_not_active
     │   └── BatchFailed              422 batch_failed (with the failure of each item)
     └── ServiceError                 the service cannot answer now; nothing was applied
         ├── Unavailable              503 unavailable
@@ -155,6 +156,10 @@ class AccountNotEmpty(Rejection):
 
 class AccountClosed(Rejection):
     pass
+
+
+class KeyNotActive(Rejection):
+    """The key is revoked or expired: it cannot be rotated."""
 
 
 class AccountNotOpen(Rejection):

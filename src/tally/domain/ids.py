@@ -14,7 +14,7 @@ import uuid
 CLIENT_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 _client_id = re.compile(CLIENT_ID_PATTERN)
 
-PREFIXES = ("acc", "tr", "evt", "wh", "key", "led", "dlv", "tb")
+PREFIXES = ("acc", "tr", "evt", "wh", "key", "led", "dlv", "tb", "aud")
 
 
 def uuid7() -> uuid.UUID:

@@ -21,6 +21,8 @@ _ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _RANDOM_CHARS = 30
 _CHECK_CHARS = 6
 _secret = re.compile(rf"^tally_(root|key)_([0-9A-Za-z]{{{_RANDOM_CHARS}}})([0-9A-Za-z]{{{_CHECK_CHARS}}})$")
+# What a secret scanner searches text for; ``secret_kind`` then tells a real key from a look-alike.
+LEAKED_KEY_PATTERN = rf"\btally_(?:root|key)_[0-9A-Za-z]{{{_RANDOM_CHARS + _CHECK_CHARS}}}\b"
 
 
 class Scope(StrEnum):
@@ -61,6 +63,10 @@ class ApiKey:
     revoked_at: datetime | None
     last_used_at: datetime | None
     secret_hash: bytes
+    expires_at: datetime | None = None  # refused from this moment on (ADR 0036)
+
+    def expired(self, now: datetime) -> bool:
+        return self.expires_at is not None and now >= self.expires_at
 
 
 def _base62(value: int, width: int) -> str:

@@ -10,6 +10,8 @@ from typing import Any
 from tally.domain.accounts import Account, AccountStatus, Balance, Bounds, NormalBalance
 from tally.domain.errors import IdConflict, NotFound
 from tally.domain.ids import new_id
+from tally.services import audit
+from tally.services.audit import Actor
 from tally.services.ports import Database, Entry, NewEvent, Page, Transaction
 from tally.services.postings import lock_accounts, seen
 from tally.services.views import account_view
@@ -94,8 +96,9 @@ async def change_account(
     account_id: str,
     command: ChangeAccount,
     *,
-    request_id: str | None,
+    actor: Actor,
 ) -> Account:
+    """Apply a PATCH; each status or bounds change is recorded in the audit trail (ADR 0036)."""
     # Sweeping first: a hold that has expired no longer stands in the way of closing.
     locked = await lock_accounts(tx, ledger_id, [account_id])
     account = locked.get(account_id)
@@ -115,7 +118,11 @@ async def change_account(
     now = await tx.now()
     changed = replace(changed, updated_at=now)
     await tx.accounts.save(changed)
-    await tx.events.add(NewEvent(ledger_id, "account.updated", account_view(changed), request_id), now)
+    await tx.events.add(NewEvent(ledger_id, "account.updated", account_view(changed), actor.request_id), now)
+    for action, details in audit.account_acts(account, changed):
+        await audit.record(
+            tx, actor, action, ledger_id=ledger_id, target=("account", account_id), details=details
+        )
     return changed
 
 

@@ -5,15 +5,18 @@ from __future__ import annotations
 import hmac
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 
-from tally.domain.errors import NotFound, Unauthenticated
+from tally.domain.errors import KeyNotActive, NotFound, Unauthenticated, ValidationFailed
 from tally.domain.ids import new_id
 from tally.domain.keys import ApiKey, Ledger, Scope, hash_secret, new_secret, secret_kind
+from tally.services import audit
+from tally.services.audit import Actor, AuditAction
 from tally.services.consistency import preferring_primary
 from tally.services.ports import Database, Page, Transaction
 from tally.services.retries import retry_conflicts
+from tally.services.views import timestamp
 
 ROOT_KEY_HASH = "root_key_hash"
 
@@ -37,17 +40,85 @@ class Principal:
 ROOT = Principal(None, None)
 
 
-async def create_ledger(tx: Transaction, name: str) -> Ledger:
+async def create_ledger(tx: Transaction, name: str, actor: Actor) -> Ledger:
+    """Create a ledger; the act is recorded on the new ledger (the root key's acts have no other)."""
     ledger = Ledger(new_id("led"), name, await tx.now())
     await tx.ledgers.add(ledger)
+    await audit.record(
+        tx,
+        actor,
+        AuditAction.LEDGER_CREATED,
+        ledger_id=ledger.id,
+        target=("ledger", ledger.id),
+        details={"name": name},
+    )
     return ledger
 
 
 async def create_key(
-    tx: Transaction, ledger_id: str, name: str, scopes: frozenset[Scope]
+    tx: Transaction,
+    ledger_id: str,
+    name: str,
+    scopes: frozenset[Scope],
+    actor: Actor,
+    *,
+    expires_at: datetime | None = None,
 ) -> tuple[ApiKey, str]:
-    """Create a key; returns it with its secret, which is shown this once and never stored."""
+    """Create a key; returns it with its secret, which is shown this once and never stored.
+
+    From ``expires_at`` on, the key is refused as if revoked; it must be in the future (database clock).
+    """
     await require_ledger(tx, ledger_id)
+    if expires_at is not None and expires_at <= await tx.now():
+        raise ValidationFailed.at(("body", "expires_at"), "expires_at must be in the future.")
+    key, secret = await _new_key(tx, ledger_id, name, scopes, expires_at)
+    await audit.record(
+        tx,
+        actor,
+        AuditAction.KEY_CREATED,
+        ledger_id=ledger_id,
+        target=("key", key.id),
+        details={"name": name, "scopes": _scope_names(scopes), "expires_at": timestamp(expires_at)},
+    )
+    return key, secret
+
+
+async def rotate_key(
+    tx: Transaction, ledger_id: str, key_id: str, actor: Actor, *, overlap: timedelta
+) -> tuple[ApiKey, str]:
+    """Replace a working key: a new key with its name and scopes (and no expiry), and the old one set
+    to expire ``overlap`` from now — or at its own expiry, when that comes first. Both work meanwhile.
+
+    ``KeyNotActive`` for a revoked or expired key: what it could do is over, so nothing carries on.
+    """
+    await require_ledger(tx, ledger_id)
+    old = await tx.keys.get(ledger_id, key_id)
+    if old is None:
+        raise NotFound(f"Key {key_id} does not exist.")
+    now = await tx.now()
+    if old.revoked_at is not None or old.expired(now):
+        raise KeyNotActive(f"Key {key_id} is {'revoked' if old.revoked_at else 'expired'}.")
+    new, secret = await _new_key(tx, ledger_id, old.name, old.scopes, None)
+    old_expires_at = now + overlap if old.expires_at is None else min(old.expires_at, now + overlap)
+    await tx.keys.expire(ledger_id, key_id, old_expires_at)
+    await audit.record(
+        tx,
+        actor,
+        AuditAction.KEY_ROTATED,
+        ledger_id=ledger_id,
+        target=("key", key_id),
+        details={
+            "new_key_id": new.id,
+            "old_key_expires_at": timestamp(old_expires_at),
+            "scopes": _scope_names(old.scopes),
+        },
+    )
+    return new, secret
+
+
+async def _new_key(
+    tx: Transaction, ledger_id: str, name: str, scopes: frozenset[Scope], expires_at: datetime | None
+) -> tuple[ApiKey, str]:
     secret = new_secret("key")
     key = ApiKey(
         id=new_id("key"),
@@ -58,18 +129,25 @@ async def create_key(
         revoked_at=None,
         last_used_at=None,
         secret_hash=hash_secret(secret),
+        expires_at=expires_at,
     )
     await tx.keys.add(key)
     return key, secret
 
 
-async def revoke_key(tx: Transaction, ledger_id: str, key_id: str) -> None:
+def _scope_names(scopes: frozenset[Scope]) -> list[str]:
+    return sorted(scope.value for scope in scopes)
+
+
+async def revoke_key(tx: Transaction, ledger_id: str, key_id: str, actor: Actor) -> None:
+    """Revoke a key at once; revoking a revoked key changes and records nothing."""
     await require_ledger(tx, ledger_id)
     key = await tx.keys.get(ledger_id, key_id)
     if key is None:
         raise NotFound(f"Key {key_id} does not exist.")
     if key.revoked_at is None:
         await tx.keys.revoke(ledger_id, key_id, await tx.now())
+        await audit.record(tx, actor, AuditAction.KEY_REVOKED, ledger_id=ledger_id, target=("key", key_id))
 
 
 async def list_keys(database: Database, ledger_id: str, *, after: int | None, limit: int) -> Page[ApiKey]:
@@ -169,14 +247,22 @@ class Authenticator:
     """Turns a bearer secret into a ``Principal``.
 
     A secret with a bad prefix or checksum is refused before any database work. The root key is
-    compared by hash in constant time; a ledger key is found by the hash of its secret.
+    compared by hash in constant time; a ledger key is found by the hash of its secret. A key's
+    expiry is compared with ``clock`` at every request, so a cached lookup (which may be older than
+    the expiry) never lets an expired key through.
     """
 
     def __init__(
-        self, database: Database, root_key_hash: bytes, usage: KeyUsage, lookup: KeyLookup | None = None
+        self,
+        database: Database,
+        root_key_hash: bytes,
+        usage: KeyUsage,
+        lookup: KeyLookup | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._root_key_hash = root_key_hash
         self._usage = usage
+        self._clock = clock
         self._lookup = lookup or partial(find_key, database)  # the key cache, when there is one
 
     async def authenticate(self, secret: str) -> Principal:
@@ -193,6 +279,8 @@ class Authenticator:
             raise Unauthenticated("The API key is not valid.")
         if key.revoked_at is not None:
             raise Unauthenticated("The API key has been revoked.")
+        if key.expired(self._clock()):
+            raise Unauthenticated("The API key has expired.")
         self._usage.record(key.id)
         return Principal(key.ledger_id, key)
 

@@ -23,6 +23,7 @@ from tally.domain.keys import ApiKey, Ledger
 from tally.domain.transfers import Transfer, TransferStatus
 
 if TYPE_CHECKING:
+    from tally.services.audit import AuditRepository
     from tally.services.batch_ports import TransferBatchRepository
     from tally.services.job_run_ports import JobRunRepository
     from tally.services.queue_ports import InboxRepository, JobRepository
@@ -125,6 +126,10 @@ class ApiKeyRepository(Protocol):
     async def get(self, ledger_id: str, key_id: str) -> ApiKey | None: ...
     async def list(self, ledger_id: str, *, after: int | None, limit: int) -> Page[ApiKey]: ...
     async def revoke(self, ledger_id: str, key_id: str, at: datetime) -> None: ...
+    async def expire(self, ledger_id: str, key_id: str, at: datetime) -> None:
+        """Make the key expire at ``at``, or keep its expiry when that is earlier."""
+        ...
+
     async def touch(self, key_id: str, at: datetime) -> None: ...
     async def count_usage(self, key_id: str, day: str, requests: int) -> None:
         """Add ``requests`` to the key's count for ``day`` (YYYY-MM-DD, UTC)."""
@@ -380,6 +385,7 @@ class Transaction(Protocol):
     statements: StatementRepository
     reconciliation: ReconciliationRepository
     job_runs: JobRunRepository
+    audit: AuditRepository
 
     @property
     def wrote(self) -> bool:

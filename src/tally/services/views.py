@@ -35,6 +35,7 @@ def key_view(key: ApiKey) -> JsonObject:
         "created_at": timestamp(key.created_at),
         "revoked_at": timestamp(key.revoked_at),
         "last_used_at": timestamp(key.last_used_at),
+        "expires_at": timestamp(key.expires_at),
     }
 
 

@@ -25,12 +25,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import orjson
 
 from tally.domain.errors import DeadlineExceeded, NotFound, ValidationFailed
 from tally.domain.ids import new_id
-from tally.services import webhook_signing
+from tally.services import audit, webhook_signing
+from tally.services.audit import Actor, AuditAction
 from tally.services.deadline import current_deadline
 from tally.services.ports import Database, Event, Page, Transaction
 from tally.services.queue_ports import Job, NewJob
@@ -118,6 +120,7 @@ async def create_webhook(
     event_types: Sequence[str],
     max_per_second: int | None,
     sealer: Sealer,
+    actor: Actor,
 ) -> tuple[Webhook, str]:
     """A subscription and its signing secret, which is shown this once and stored only sealed."""
     secret = webhook_signing.new_secret()
@@ -133,7 +136,19 @@ async def create_webhook(
         created_at=await tx.now(),
         deleted_at=None,
     )
-    return await tx.webhooks.add(webhook), secret
+    added = await tx.webhooks.add(webhook)
+    # The host only: a URL may carry a token in its path or query, and the trail keeps it forever.
+    host = urlsplit(url).hostname
+    details = {"host": host, "event_types": list(event_types), "max_per_second": max_per_second}
+    await audit.record(
+        tx,
+        actor,
+        AuditAction.WEBHOOK_CREATED,
+        ledger_id=ledger_id,
+        target=("webhook", webhook_id),
+        details=details,
+    )
+    return added, secret
 
 
 async def list_webhooks(
@@ -143,10 +158,13 @@ async def list_webhooks(
         return await tx.webhooks.list(ledger_id, after=after, limit=limit)
 
 
-async def delete_webhook(tx: Transaction, ledger_id: str, webhook_id: str) -> None:
+async def delete_webhook(tx: Transaction, ledger_id: str, webhook_id: str, actor: Actor) -> None:
     """Deliveries in flight are not sent any more; nothing is queued for it from now on."""
     if not await tx.webhooks.delete(ledger_id, webhook_id, await tx.now()):
         raise NotFound(f"Webhook {webhook_id} does not exist.")
+    await audit.record(
+        tx, actor, AuditAction.WEBHOOK_DELETED, ledger_id=ledger_id, target=("webhook", webhook_id)
+    )
 
 
 async def _webhook(tx: Transaction, ledger_id: str, webhook_id: str) -> Webhook:

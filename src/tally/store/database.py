@@ -12,6 +12,7 @@ from datetime import datetime
 
 from tally.domain.accounts import Account
 from tally.domain.errors import TransientConflict
+from tally.services.audit import AuditRepository
 from tally.services.batch_ports import TransferBatchRepository
 from tally.services.job_run_ports import JobRunRepository
 from tally.services.ports import (
@@ -32,6 +33,7 @@ from tally.services.webhook_ports import DeliveryRepository, WebhookRepository
 from tally.store.balance_shape import BalanceShape
 from tally.store.codec import from_micros, to_micros
 from tally.store.repositories.accounts import SqlAccountRepository
+from tally.store.repositories.audit import SqlAuditRepository
 from tally.store.repositories.base import SqlConnection
 from tally.store.repositories.batches import SqlTransferBatchRepository
 from tally.store.repositories.entries import SqlEntryRepository, SqlIdempotencyRepository
@@ -83,6 +85,7 @@ class SqlTransaction:
         self.statements: StatementRepository = SqlStatementRepository(conn, self)
         self.reconciliation: ReconciliationRepository = SqlReconciliationRepository(conn, self)
         self.job_runs: JobRunRepository = SqlJobRunRepository(conn, self)
+        self.audit: AuditRepository = SqlAuditRepository(conn, self)
 
     @property
     def wrote(self) -> bool:

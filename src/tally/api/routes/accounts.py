@@ -17,7 +17,7 @@ from tally.api.replies import (
     respond_outcome,
     run_write,
 )
-from tally.api.routing import Access, TallyRoute, access, ledger_of
+from tally.api.routing import Access, TallyRoute, access, actor, ledger_of
 from tally.api.schemas import (
     AccountCreate,
     AccountOut,
@@ -106,9 +106,7 @@ async def change_account(account_id: str, body: AccountPatch, request: Request) 
     )
 
     async def action(tx: Transaction) -> StoredReply:
-        account = await accounts.change_account(
-            tx, ledger_id, account_id, command, request_id=request_id(request)
-        )
+        account = await accounts.change_account(tx, ledger_id, account_id, command, actor=actor(request))
         return json_reply(200, account_view(account))
 
     outcome = await run_write(request, ledger_id, action, key_required=False)

@@ -6,7 +6,7 @@ import orjson
 from fastapi import APIRouter, Request, Response
 
 from tally.api.replies import decode_cursor, json_reply, page_reply, respond_outcome, run_write
-from tally.api.routing import Access, TallyRoute, access, ledger_of
+from tally.api.routing import Access, TallyRoute, access, actor, ledger_of
 from tally.api.schemas import Cursor, Limit
 from tally.api.webhook_schemas import (
     DeliveryPage,
@@ -47,6 +47,7 @@ async def create_webhook(body: WebhookCreate, request: Request) -> Response:
             event_types=body.types(),
             max_per_second=body.max_per_second,
             sealer=parts.sealer,
+            actor=actor(request),
         )
         shown.append(secret)
         # Stored for replays without the secret, which is never kept in the clear (as API keys).
@@ -75,7 +76,7 @@ async def delete_webhook(webhook_id: str, request: Request) -> Response:
     ledger_id = ledger_of(request)
     database = request.app.state.tally.database
     async with database.write() as tx:
-        await webhooks.delete_webhook(tx, ledger_id, webhook_id)
+        await webhooks.delete_webhook(tx, ledger_id, webhook_id, actor(request))
     return Response(status_code=204, headers={"Tally-Consistency-Token": database.position()})
 
 

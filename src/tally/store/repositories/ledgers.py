@@ -6,12 +6,12 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, bindparam, insert, select, update
+from sqlalchemy import Row, bindparam, case, insert, select, update
 
 from tally.domain.keys import ApiKey, Ledger, Scope
 from tally.services.ports import Page
 from tally.store import tables as t
-from tally.store.codec import from_micros, maybe_from_micros, to_micros
+from tally.store.codec import from_micros, maybe_from_micros, maybe_to_micros, to_micros
 from tally.store.repositories.base import SqlRepository, page_of
 
 
@@ -38,6 +38,7 @@ def _key(row: Row[Any]) -> ApiKey:
         revoked_at=maybe_from_micros(m["revoked_at"]),
         last_used_at=maybe_from_micros(m["last_used_at"]),
         secret_hash=m["secret_hash"],
+        expires_at=maybe_from_micros(m["expires_at"]),
     )
 
 
@@ -55,6 +56,7 @@ class SqlApiKeyRepository(SqlRepository):
                 scopes=",".join(sorted(s.value for s in key.scopes)),
                 secret_hash=key.secret_hash,
                 created_at=to_micros(key.created_at),
+                expires_at=maybe_to_micros(key.expires_at),
             )
         )
 
@@ -86,6 +88,19 @@ class SqlApiKeyRepository(SqlRepository):
             .returning(t.api_keys.c.secret_hash)
         )
         self._tx.revoked_keys.extend(bytes(row.secret_hash) for row in revoked)
+
+    async def expire(self, ledger_id: str, key_id: str, at: datetime) -> None:
+        self._tx.mark_written()
+        keys = t.api_keys
+        expiry = case((keys.c.expires_at < to_micros(at), keys.c.expires_at), else_=to_micros(at))
+        expiring = await self._conn.execute(
+            update(keys)
+            .where(keys.c.id == key_id, keys.c.ledger_id == ledger_id)
+            .values(expires_at=expiry)
+            .returning(keys.c.secret_hash)
+        )
+        # A cached copy still holds the old expiry: drop it like a revoked key's (ADR 0027).
+        self._tx.revoked_keys.extend(bytes(row.secret_hash) for row in expiring)
 
     async def touch(self, key_id: str, at: datetime) -> None:
         self._tx.mark_written()
