@@ -173,6 +173,7 @@ class TallyRoute(APIRoute):
                 raise ValidationFailed.at(
                     ("header", "Tally-Timeout-Ms"), "Must be a positive integer number of milliseconds."
                 )
+            _refuse_nul(request)
             if level not in _KEYLESS:
                 begin_reads(_read_intent(request), origin)
             response = await handler(request)
@@ -191,6 +192,16 @@ async def _rate_limit(limiter: RateLimiter | None, who: Principal) -> Decision |
     if limiter is None:
         return None
     return await limiter.check(who.key_id or "root")
+
+
+def _refuse_nul(request: Request) -> None:
+    """A path or query parameter holding U+0000 (``%00``) is a 422, on every backend: PostgreSQL
+    cannot compare text with it, and its driver's refusal must not read as a database outage."""
+    given = [("path", name, str(value)) for name, value in request.path_params.items()]
+    given += [("query", name, value) for name, value in request.query_params.multi_items()]
+    for location, name, value in given:
+        if "\x00" in value:
+            raise ValidationFailed.at((location, name), "Must not contain U+0000 (NUL).")
 
 
 def _policy_header(policy: Policy) -> str:

@@ -87,7 +87,27 @@ def _check_metadata(value: dict[str, Any]) -> dict[str, Any]:
 
 
 class Strict(BaseModel):
+    """A request body: unknown fields refused, and no string (key or value, at any depth) holding
+    U+0000, which PostgreSQL's text and jsonb cannot store: refused on every backend alike."""
+
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: Any) -> Any:
+        if _holds_nul(data):
+            raise ValueError("strings may not contain U+0000 (NUL)")
+        return data
+
+
+def _holds_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(key) or _holds_nul(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(item) for item in value)
+    return False
 
 
 class Metadata(Strict):

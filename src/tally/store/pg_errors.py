@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DataError, DBAPIError
 
 from tally.domain.errors import DeadlineExceeded, TransientConflict, Unavailable
 
@@ -34,8 +34,9 @@ def is_unreachable(error: BaseException) -> bool:
     if isinstance(error, OSError | TimeoutError):
         return True
     state = sqlstate(error)
-    if state is None:  # no SQLSTATE: the connection failed or was lost
-        return isinstance(error, DBAPIError)
+    if state is None:  # no SQLSTATE: the connection failed or was lost ...
+        # ... unless the driver refused a value itself (text with U+0000): that is the statement's.
+        return isinstance(error, DBAPIError) and not isinstance(error, DataError)
     return state in _GONE or state.startswith("08")
 
 

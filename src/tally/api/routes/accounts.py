@@ -40,7 +40,13 @@ from tally.services.views import account_view, entry_view, timestamp
 router = APIRouter(route_class=TallyRoute, tags=["accounts"])
 
 
-@router.post("/v1/accounts", status_code=201, response_model=AccountOut, openapi_extra=access(Access.WRITE))
+@router.post(
+    "/v1/accounts",
+    status_code=201,
+    response_model=AccountOut,
+    responses={200: {"model": AccountOut, "description": "An account with this `id` and body exists: it."}},
+    openapi_extra=access(Access.WRITE),
+)
 async def open_account(body: AccountCreate, request: Request) -> Response:
     ledger_id = ledger_of(request)
     command = accounts.OpenAccount(

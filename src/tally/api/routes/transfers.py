@@ -67,7 +67,13 @@ def transfer_request(body: TransferCreate) -> TransferRequest:
     return request
 
 
-@router.post("/v1/transfers", status_code=201, response_model=TransferOut, openapi_extra=access(Access.WRITE))
+@router.post(
+    "/v1/transfers",
+    status_code=201,
+    response_model=TransferOut,
+    responses={200: {"model": TransferOut, "description": "A transfer with this `id` and body exists: it."}},
+    openapi_extra=access(Access.WRITE),
+)
 async def create_transfer(body: TransferCreate, request: Request) -> Response:
     ledger_id = ledger_of(request)
     command = transfer_request(body)
@@ -87,6 +93,7 @@ async def create_transfer(body: TransferCreate, request: Request) -> Response:
     "/v1/transfers/batch",
     status_code=201,
     response_model=BatchOut,
+    responses={200: {"model": BatchOut, "description": "`atomic: false`: a result per item."}},
     openapi_extra=access(Access.WRITE, long=True),
 )
 async def create_batch(body: TransferBatch, request: Request) -> Response:
