@@ -131,7 +131,7 @@ class LedgerCreate(Strict):
 class KeyCreate(Strict):
     name: Name
     scopes: list[Scope] = Field(min_length=1, max_length=3)
-    expires_at: AwareDatetime | None = Field(
+    expires_at: UtcDatetime | None = Field(
         default=None,
         description="When the key stops working by itself (RFC 3339 with a time zone); must be in "
         "the future (database clock). Omit for a key that works until revoked.",
