@@ -42,7 +42,11 @@ LINKS: dict[tuple[str, str, str], list[Link]] = {
     ),
     ("post", "/v1/ledgers/{ledger_id}/keys", "201"): _ids(
         "key_id",
-        {"RevokeKey": ("delete", _KEY), "GetKeyUsage": ("get", f"{_KEY}/usage")},
+        {
+            "RevokeKey": ("delete", _KEY),
+            "RotateKey": ("post", f"{_KEY}/rotate"),
+            "GetKeyUsage": ("get", f"{_KEY}/usage"),
+        },
         ledger_id="$request.path.ledger_id",
     ),
     ("post", "/v1/accounts", "201"): _ids(
