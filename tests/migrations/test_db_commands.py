@@ -99,6 +99,8 @@ def test_upgrade_brings_every_expand_head_whichever_one_the_database_reached_fir
     [other] = set(revisions().expand_heads) - {reached}
     assert f"upgraded   {other}" in out
     assert asyncio.run(on_connection(url, applied)) == set(revisions().expand_heads)
+    newest = revisions().sorted(revisions().expand_heads)[-1]  # status names the newest head
+    assert f"expand    {newest:<26} {newest:<26} -" in _run(capsys, "db", "status", "--database-url", url)[1]
 
 
 def test_a_database_older_than_the_baseline_is_refused(

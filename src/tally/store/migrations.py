@@ -199,11 +199,8 @@ def schema_status(found: Found, known: Revisions) -> SchemaStatus:
         mine = [revision for revision in known.order if known.branch_of(revision) == branch]
         applied = [revision for revision in mine if revision in done]
         pending = [revision for revision in mine if revision not in done]
-        branches.append(
-            BranchStatus(
-                branch, applied[-1] if applied else None, heads[-1] if heads else None, tuple(pending)
-            )
-        )
+        head = known.sorted(heads)[-1] if heads else None  # the newest, when a branch has two
+        branches.append(BranchStatus(branch, applied[-1] if applied else None, head, tuple(pending)))
     # An empty database is fine: the adapters create the schema at start.
     verdict = Verdict(True, "") if found.state == "empty" else compatibility(found.applied, known=known)
     return SchemaStatus(found.state, found.applied, (branches[0], branches[1]), verdict)
