@@ -268,7 +268,7 @@ class KeyOut(BaseModel):
 class KeyCreated(BaseModel):
     id: str
     name: str
-    key: str = Field(description="The secret, shown this once.")
+    key: str | None = Field(description="The secret, shown this once; null in an idempotent replay.")
     scopes: list[Scope]
     created_at: datetime
     expires_at: datetime | None
