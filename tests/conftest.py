@@ -18,6 +18,23 @@ from tests.support import (
 )
 
 
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The lines tests record under the user property ``summary`` (the fuzz tests' case counts),
+    read from the reports so that they show under pytest-xdist too."""
+    lines = sorted(
+        value
+        for outcome in ("passed", "failed")
+        for report in terminalreporter.stats.get(outcome, [])
+        if getattr(report, "when", None) == "call"
+        for name, value in getattr(report, "user_properties", [])
+        if name == "summary"
+    )
+    if lines:
+        terminalreporter.write_sep("-", "summary lines")
+        for line in lines:
+            terminalreporter.write_line(str(line))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _stop_shared_cluster() -> Iterator[None]:
     """The PostgreSQL cluster the tests share is started on first use; stop it when they are done."""
