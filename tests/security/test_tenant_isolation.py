@@ -4,10 +4,11 @@ Generated from the served OpenAPI document: every keyed operation with a path id
 key holding every scope (admin, read and write) with B's ids — each parameter A's or B's, at least
 one B's — and must answer 404 ``not_found``, as for an id that does not exist (API.md). Every list
 with an id filter answers with B's id exactly as with an id that does not exist (``account_id``:
-an empty page; ``after``: 422), and so does every body naming B's accounts. No answer shows an id of
-B it was not sent, and every row of B in the database is the same after the matrix as before.
-B's own POSTs, sent again by A with B's Idempotency-Keys, are answered as with fresh keys (never
-with B's stored answers), and A may create its own resources with B's ids as client-supplied ids.
+an empty page; ``after``: 422), and so does every body naming B's accounts. No answer (every list
+of A's, unfiltered, included) shows an id of B it was not sent, and every row of B in the database
+is the same after the matrix as before. B's own POSTs, sent again by A with B's Idempotency-Keys,
+are answered as with fresh keys (never with B's stored answers), and A may create its own resources
+with B's ids as client-supplied ids.
 
 Ids are substituted by parameter name; a parameter the tables here do not know fails the test, so
 a new route or filter is placed deliberately.
@@ -130,6 +131,15 @@ class Matrix:
                     ids,
                     f"expected 404 not_found, got {response.status_code} {response.text[:200]}",
                 )
+
+    async def listing(self, operation: Operation) -> None:
+        """A's list, unfiltered: 200, and (``call``) nothing of B in it."""
+        own = self.mine.first_ids()
+        response = await self.call(operation, own, query_for(operation), None)
+        if response.status_code != 200:
+            self.fail(
+                operation, {}, f"A's list: expected 200, got {response.status_code} {response.text[:200]}"
+            )
 
     async def filter_ids(self, operation: Operation) -> None:
         """B's id in a filter: the same answer as an id that does not exist."""
@@ -277,7 +287,8 @@ async def test_a_key_of_one_ledger_finds_and_changes_nothing_of_another(
         assert not _unknown_names(inventory, theirs.ids), "place these parameters in the matrix"
         await tally.key_usage.flush(tally.database)  # B's keys are not used again from here
         before = ledger_rows(tmp_path, theirs.ledger_id)
-        assert all(before[table] for table in ("accounts", "transfers", "webhooks", "statements"))
+        held = ("accounts", "transfers", "webhooks", "statements", "audit_events", "transfer_batches")
+        assert all(before[table] for table in held), {table: len(before[table]) for table in held}
 
         matrix = Matrix(client, inventory, mine, theirs)
         keyed = [o for o in inventory if o.access in KEYED and o.access is not Access.ROOT]
@@ -286,6 +297,8 @@ async def test_a_key_of_one_ledger_finds_and_changes_nothing_of_another(
                 if operation.method == "GET":
                     await matrix.own_ids(operation)
                 await matrix.path_ids(operation)
+            elif operation.method == "GET":
+                await matrix.listing(operation)
             await matrix.filter_ids(operation)
             if placeholders(BODIES.get(operation.operation_id)) & BODY_IDS:
                 await matrix.body_ids(operation)
