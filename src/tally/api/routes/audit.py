@@ -7,7 +7,7 @@ from fastapi import APIRouter, Request, Response
 from tally.api.audit_schemas import AuditEventPage, AuditOrder, audit_event_view
 from tally.api.replies import decode_cursor, page_reply
 from tally.api.routing import Access, TallyRoute, access, ledger_of
-from tally.api.schemas import Limit
+from tally.api.schemas import Cursor, Limit
 from tally.services.audit import AuditAction, list_audit_events
 
 router = APIRouter(route_class=TallyRoute, tags=["audit"])
@@ -17,7 +17,7 @@ router = APIRouter(route_class=TallyRoute, tags=["audit"])
 async def list_audit(
     request: Request,
     limit: Limit = 100,
-    cursor: str | None = None,
+    cursor: Cursor = None,
     action: AuditAction | None = None,
     order: AuditOrder = AuditOrder.NEWEST,
 ) -> Response:
