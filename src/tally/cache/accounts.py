@@ -104,7 +104,11 @@ class AccountCache:
                 await self._cache.set_or_repair(key, value, ttl=self._keep, version=version)
             drops.append((key, version))
 
-        await asyncio.gather(*(write(account) for account in committed.accounts))
+        if self._cache.backend == "memory":  # no I/O to overlap: a task per account would only cost
+            for account in committed.accounts:
+                await write(account)
+        else:
+            await asyncio.gather(*(write(account) for account in committed.accounts))
         return drops
 
     async def _load(self, key: str, ledger_id: str, account_id: str) -> tuple[Account, datetime]:
