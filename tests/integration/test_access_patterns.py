@@ -119,7 +119,12 @@ async def _workload(client: httpx.AsyncClient) -> LedgerKeys:
 
 async def _audit_trail(client: httpx.AsyncClient, ledger: LedgerKeys) -> None:
     """The trail's pages both ways, and of one action (ADR 0036)."""
-    for params in ({"limit": 2}, {"limit": 2, "order": "oldest"}, {"action": "key.created", "limit": 1}):
+    lists: list[dict[str, str | int]] = [
+        {"limit": 2},
+        {"limit": 2, "order": "oldest"},
+        {"action": "key.created", "limit": 1},
+    ]
+    for params in lists:
         page = (await client.get("/v1/audit-events", params=params, headers=ledger.admin)).json()
         assert page["next_cursor"], page
         more = {**params, "cursor": page["next_cursor"]}
