@@ -42,6 +42,29 @@ async def test_a_key_expiring_beyond_the_utc_range_is_a_422_not_a_500(
     assert_problem(response, 422, "validation_error")
 
 
+@pytest.mark.parametrize("as_of", ["-51112430150479", "1700000000", "2026-01-01"])
+async def test_a_balance_as_of_anything_but_rfc_3339_text_with_a_zone_is_a_422(
+    backend: str, client: httpx.AsyncClient, ledger: LedgerKeys, as_of: str
+) -> None:
+    """Not a number of seconds since 1970, which pydantic alone would take."""
+    await open_account(client, ledger.write, id="a")
+    response = await client.get("/v1/accounts/a/balance", params={"as_of": as_of}, headers=ledger.read)
+    assert_problem(response, 422, "validation_error")
+
+
+@pytest.mark.parametrize("expires_at", [9999999999, "9999999999", "2286-11-20"])
+async def test_a_hold_expiring_at_anything_but_rfc_3339_text_with_a_zone_is_a_422(
+    backend: str, client: httpx.AsyncClient, ledger: LedgerKeys, expires_at: object
+) -> None:
+    await open_account(client, ledger.write, id="world", normal_balance="debit", min_balance=None)
+    await open_account(client, ledger.write, id="a")
+    body = {"debit_account_id": "world", "credit_account_id": "a", "amount": 1, "pending": True}
+    response = await client.post(
+        "/v1/transfers", json={**body, "expires_at": expires_at}, headers={**ledger.write, **idem()}
+    )
+    assert_problem(response, 422, "validation_error")
+
+
 async def test_a_time_before_the_year_1000_is_written_with_four_digit_years(
     backend: str, client: httpx.AsyncClient, ledger: LedgerKeys
 ) -> None:

@@ -8,6 +8,7 @@ Limits on sizes are part of the contract too and are listed in ``docs/limits.md`
 from __future__ import annotations
 
 import math
+import re
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -18,6 +19,7 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
@@ -55,8 +57,20 @@ def utc_instant(value: datetime) -> datetime:
         raise ValueError("the time is out of range (years 1-9999 in UTC)") from None
 
 
+# RFC 3339 §5.6 (a space for the T, as §5.6's note allows): pydantic alone also takes a number of
+# seconds since 1970, in JSON or as text, which API.md's timestamps are not.
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})")
+
+
+def rfc3339_text(value: Any) -> Any:
+    """``value`` if it is RFC 3339 date-time text with a time zone; ``ValueError`` otherwise."""
+    if not (isinstance(value, str) and _RFC3339.fullmatch(value)):
+        raise ValueError("must be an RFC 3339 date-time with a time zone")
+    return value
+
+
 # An RFC 3339 date-time with a time zone that Tally can store and compare (as UTC).
-UtcDatetime = Annotated[AwareDatetime, AfterValidator(utc_instant)]
+UtcDatetime = Annotated[AwareDatetime, BeforeValidator(rfc3339_text), AfterValidator(utc_instant)]
 
 
 def _depth(value: Any, level: int = 1) -> int:

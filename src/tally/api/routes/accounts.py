@@ -28,6 +28,7 @@ from tally.api.schemas import (
     Cursor,
     EntryPage,
     Limit,
+    rfc3339_text,
     utc_instant,
 )
 from tally.api.statement_schemas import StatementPage
@@ -128,7 +129,9 @@ async def get_balance(account_id: str, request: Request, as_of: datetime | None 
     if as_of is not None and as_of.tzinfo is None:
         raise ValidationFailed.at(("query", "as_of"), "as_of needs a time zone (RFC 3339).")
     try:
-        as_of = None if as_of is None else utc_instant(as_of)
+        if as_of is not None:
+            rfc3339_text(request.query_params["as_of"])  # not a number of seconds: pydantic takes one
+            as_of = utc_instant(as_of)
     except ValueError as error:
         raise ValidationFailed.at(("query", "as_of"), str(error)) from None
     tally = request.app.state.tally
