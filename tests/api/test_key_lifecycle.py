@@ -139,7 +139,7 @@ async def test_a_rotation_never_extends_an_expiry_the_key_already_had(tmp_path: 
         soon = datetime.now(UTC) + timedelta(hours=1)
         old = await _new_key(client, ledger, expires_at=soon.isoformat())
 
-        response = await client.post(_keys_path(ledger, old["id"], "rotate"), json={}, headers=ledger.admin)
+        response = await client.post(_keys_path(ledger, old["id"], "rotate"), headers=ledger.admin)  # no body
 
         assert response.status_code == 201, response.text
         assert _at((await _listed(client, ledger, old["id"]))["expires_at"]) == soon

@@ -80,13 +80,15 @@ async def create_key(ledger_id: str, body: KeyCreate, request: Request) -> Respo
     response_model=KeyCreated,
     openapi_extra=access(Access.KEYS),
 )
-async def rotate_key(ledger_id: str, key_id: str, body: KeyRotate, request: Request) -> Response:
+async def rotate_key(
+    ledger_id: str, key_id: str, request: Request, body: KeyRotate | None = None
+) -> Response:
     """Replace a key: a new key with the same name and scopes (no expiry), its secret in this answer
     only; the old key keeps working for `overlap_seconds` (default one day; never past an expiry it
     already had), then is refused. A revoked or expired key cannot be rotated: 409 `key_not_active`.
-    Optional `Idempotency-Key`, as for creating a key."""
+    The body may be omitted (the default overlap). Optional `Idempotency-Key`, as for creating a key."""
     _own_ledger(request, ledger_id)
-    overlap = timedelta(seconds=body.overlap_seconds)
+    overlap = timedelta(seconds=(body or KeyRotate()).overlap_seconds)
     return await _issue_key(
         request,
         ledger_id,
