@@ -55,7 +55,8 @@ EXPECTED = [
 
 def _full_scans(plan: list[tuple[Any, ...]]) -> list[str]:
     details = [str(row[3]) for row in plan]
-    return [d for d in details if d.startswith("SCAN ") and "USING" not in d]
+    # "SCAN 2 CONSTANT ROWS" reads the VALUES list of a many-row INSERT, not a table.
+    return [d for d in details if d.startswith("SCAN ") and "USING" not in d and "CONSTANT ROWS" not in d]
 
 
 async def _workload(client: httpx.AsyncClient) -> LedgerKeys:
@@ -297,6 +298,7 @@ def _seq_scans(plan: Any) -> list[str]:
         ([(2, 0, 0, "SCAN accounts")], ["SCAN accounts"]),
         ([(2, 0, 0, "SEARCH accounts USING INDEX ix (ledger_id=?)")], []),
         ([(2, 0, 0, "SCAN accounts USING COVERING INDEX ix")], []),
+        ([(2, 0, 0, "SCAN 2 CONSTANT ROWS")], []),
     ],
 )
 def test_a_plan_step_without_an_index_counts_as_a_full_scan(

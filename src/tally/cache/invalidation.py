@@ -39,6 +39,8 @@ _ORIGIN = "@origin:"  # the first pair of each message names the process that se
 _FEED_TYPES = ("account.created", "account.updated", "transfer.created", "transfer.posted",
                "transfer.voided", "transfer.expired")  # fmt: skip
 _FEED_PAGE = 500
+_HEAD = FeedPosition(-1, -1)  # read from the feed's start (it was empty when first looked at)
+_OWN_EVENTS = 100_000  # pks of this process's own events kept to skip, at most
 
 
 class RedisInvalidation:
@@ -69,7 +71,7 @@ class RedisInvalidation:
     def start(self) -> None:
         self._task = asyncio.create_task(self._listen(), name="tally-cache-invalidation")
 
-    async def publish(self, drops: Sequence[Drop]) -> None:
+    async def publish(self, drops: Sequence[Drop], events: Sequence[int] = ()) -> None:
         if not drops or time.monotonic() < self._quiet_until:
             return
         try:
@@ -110,12 +112,18 @@ class OutboxInvalidation:
         self._keep = keep
         self._count = count
         self._task: asyncio.Task[None] | None = None
+        self._own: set[int] = set()  # pks of events this process committed and wrote through
+        self._position: FeedPosition | None = None  # where the feed was read to; None: not yet
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._follow(), name="tally-cache-invalidation")
 
-    async def publish(self, drops: Sequence[Drop]) -> None:
-        """Nothing to send: the events are the message, written with the commit itself."""
+    async def publish(self, drops: Sequence[Drop], events: Sequence[int] = ()) -> None:
+        """Nothing to send: the events are the message, written with the commit itself. This
+        process wrote their changes through already, so following the feed skips ``events``."""
+        if len(self._own) + len(events) > _OWN_EVENTS:
+            self._own.clear()  # events of types not followed are never met: forget, at worst redo
+        self._own.update(events)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -124,24 +132,33 @@ class OutboxInvalidation:
                 await self._task
 
     async def _follow(self) -> None:
-        # The cache starts empty: only events after this point can make an entry stale.
-        position: FeedPosition | None = None
-        started = False
         while True:
             try:
-                if not started:
-                    position, started = await feed_tail(self._database), True
-                while True:
-                    events = await events_after(self._database, position, _FEED_TYPES, _FEED_PAGE)
-                    if events:
-                        await apply(self._local, drops_of(events), self._keep)
-                        self._count("outbox")
-                        position = events[-1].position
-                    if len(events) < _FEED_PAGE:
-                        break
+                await self.catch_up()
             except Exception as error:  # the database is down: try again next interval
                 _log.warning("cache invalidation could not read the feed", error=repr(error))
             await asyncio.sleep(self._poll)
+
+    async def catch_up(self) -> None:
+        """Apply the events committed since the last call, but this process's own. The first call
+        only finds the feed's tail: the cache starts empty, so only later events can make an entry
+        stale."""
+        if self._position is None:
+            self._position = await feed_tail(self._database) or _HEAD
+        while True:
+            events = await events_after(self._database, self._at(), _FEED_TYPES, _FEED_PAGE)
+            others = [event for event in events if event.pk not in self._own]
+            self._own.difference_update(event.pk for event in events)
+            if others:
+                await apply(self._local, drops_of(others), self._keep)
+                self._count("outbox")
+            if events:
+                self._position = events[-1].position
+            if len(events) < _FEED_PAGE:
+                return
+
+    def _at(self) -> FeedPosition | None:
+        return None if self._position is _HEAD else self._position
 
 
 def drops_of(events: Sequence[Event]) -> list[Drop]:

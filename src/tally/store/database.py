@@ -7,7 +7,7 @@ repositories run SQLAlchemy Core statements on one connection.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
 
 from tally.domain.accounts import Account
@@ -64,6 +64,7 @@ class SqlTransaction:
         self._at: datetime | None = None
         self._wrote = False
         self.last_event = 0
+        self.event_pks: list[int] = []  # of the events this transaction added
         self.queues: set[str] = set()  # queues this transaction added jobs to (wake-ups after commit)
         # What a cache may hold that this transaction changed: told to the commit listener (ADR 0027).
         self.changed_accounts: dict[int, Account] = {}
@@ -105,10 +106,13 @@ class SqlTransaction:
         """What the commit listener hears of this transaction, ``None`` when nothing cached changed."""
         if not (self.changed_accounts or self.revoked_keys):
             return None
-        return Committed(tuple(self.changed_accounts.values()), tuple(self.revoked_keys), covers)
+        return Committed(
+            tuple(self.changed_accounts.values()), tuple(self.revoked_keys), covers, tuple(self.event_pks)
+        )
 
-    def saw_event(self, position: int) -> None:
-        self.last_event = max(self.last_event, position)
+    def saw_events(self, pks: Sequence[int]) -> None:
+        self.event_pks.extend(pks)
+        self.last_event = max(self.last_event, *pks)
 
     def locked(self, changed_at: Iterable[int]) -> None:
         """Rows were locked that last changed at ``changed_at`` (microseconds).

@@ -69,7 +69,7 @@ class SqlEventRepository(SqlRepository):
         else:
             result = await self._conn.execute(_insert, [{**row, "xid": 0} for row in rows])
         pks: list[int] = list(result.scalars())
-        self._tx.saw_event(max(pks))
+        self._tx.saw_events(pks)
         return pks
 
     async def position_of(self, event_id: str) -> tuple[str, FeedPosition] | None:
