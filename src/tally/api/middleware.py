@@ -178,36 +178,25 @@ class _Response:
 
 
 async def _internal_error(send: Send, request_id: str) -> None:
-    problem = BY_CODE["internal_error"]
-    body = problem_body(problem, "Something failed inside Tally; nothing was applied.", request_id)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 500,
-            "headers": [
-                (b"content-type", b"application/problem+json"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    await _problem(send, "internal_error", "Something failed inside Tally; nothing was applied.", request_id)
 
 
 async def _request_timeout(send: Send, request_id: str, seconds: float) -> None:
-    problem = BY_CODE["request_timeout"]
     detail = f"The body did not arrive within {seconds:g} s; nothing was applied."
+    await _problem(send, "request_timeout", detail, request_id, close=True)
+
+
+async def _problem(send: Send, code: str, detail: str, request_id: str, *, close: bool = False) -> None:
+    """A problem+json answer sent straight to the server, for when no route answers."""
+    problem = BY_CODE[code]
     body = problem_body(problem, detail, request_id)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 408,
-            "headers": [
-                (b"content-type", b"application/problem+json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-            ],
-        }
-    )
+    headers = [
+        (b"content-type", b"application/problem+json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": problem.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
