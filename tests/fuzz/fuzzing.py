@@ -119,9 +119,10 @@ class FuzzTarget:
         The headers: the credentials ``case``'s operation declares, an Idempotency-Key on a POST,
         and the last consistency token (API.md: a client reads its own writes by sending it back).
         A negative case that left out or spoilt the credentials on purpose is sent as generated: it
-        must be refused (401), which ``negative_data_rejection`` checks. A valid simple transfer is
-        sent between the two funded accounts (``FUNDED``), so that it can succeed and the links
-        from it (get, post, void, reverse) lead somewhere; random account ids only ever get 422.
+        must be refused (401), which ``negative_data_rejection`` checks. A valid body gets the
+        values a generator cannot guess (``ANCHORS``), so that it can succeed and the links from
+        what it creates lead somewhere: a simple transfer moves money between the two funded
+        accounts, a webhook targets a loopback port the server may call.
         """
         self.cases += 1
         access = Access(case.operation.definition.raw[ACCESS_KEY])
@@ -135,8 +136,12 @@ class FuzzTarget:
             headers["Idempotency-Key"] = uuid.uuid4().hex
         if self.token is not None:
             headers["Tally-Consistency-Token"] = self.token
-        if _is_valid_simple_transfer(case) and isinstance(case.body, dict):
-            case.body = {**case.body, **FUNDED}
+        route = (case.operation.method.lower(), case.operation.path)
+        if route in ANCHORS and _is_valid_simple_body(case) and isinstance(case.body, dict):
+            filled = {
+                name: value for name, value in FILLED.get(route, {}).items() if case.body.get(name) is None
+            }
+            case.body = {**case.body, **filled, **ANCHORS[route]}
         return headers
 
     def observe(self, response: Response) -> None:
@@ -147,16 +152,19 @@ class FuzzTarget:
 
 
 FUNDED = {"debit_account_id": "fuzz-world", "credit_account_id": "fuzz-wallet", "currency": "USD"}
+WEBHOOK_HOST = "127.0.0.1"  # TALLY_WEBHOOK_ALLOWED_HOSTS; port 9 (discard) refuses deliveries at once
+ANCHORS: dict[tuple[str, str], dict[str, str]] = {
+    ("post", "/v1/transfers"): FUNDED,
+    ("post", "/v1/webhooks"): {"url": f"http://{WEBHOOK_HOST}:9/fuzz"},
+}
+# Fields the schema lets a generator leave out or null that the simple form needs (API.md).
+FILLED: dict[tuple[str, str], dict[str, Any]] = {("post", "/v1/transfers"): {"amount": 100}}
 
 
-def _is_valid_simple_transfer(case: Case[Any]) -> bool:
+def _is_valid_simple_body(case: Case[Any]) -> bool:
+    """A body of the positive mode, as an object, not a multi-leg transfer."""
     positive = case.meta is not None and case.meta.generation.mode is GenerationMode.POSITIVE
-    return (
-        positive
-        and (case.operation.method.lower(), case.operation.path) == ("post", "/v1/transfers")
-        and isinstance(case.body, dict)
-        and "legs" not in case.body
-    )
+    return positive and isinstance(case.body, dict) and case.body.get("legs") is None
 
 
 @contextmanager
@@ -170,6 +178,7 @@ def fuzz_target(directory: Path) -> Iterator[FuzzTarget]:
         "TALLY_ROOT_KEY": ROOT_KEY,
         "TALLY_LOG_FORMAT": "json",
         "TALLY_JOB_SCHEDULE": "off",
+        "TALLY_WEBHOOK_ALLOWED_HOSTS": WEBHOOK_HOST,
     }
     server = start_tally(directory, env)
     try:
