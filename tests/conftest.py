@@ -19,8 +19,8 @@ from tests.support import (
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """The lines tests record under the user property ``summary`` (the fuzz tests' case counts),
-    read from the reports so that they show under pytest-xdist too."""
+    """The lines tests record under the user property ``summary`` (the case counts of the fuzz tests
+    and the security matrices), read from the reports so that they show under pytest-xdist too."""
     lines = sorted(
         value
         for outcome in ("passed", "failed")

@@ -21,19 +21,3 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def backend(request: pytest.FixtureRequest) -> Iterator[str]:
     with BACKENDS.using(request.param) as name:
         yield name
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """The number of cases each matrix generated, shown at the end of every run (with or without
-    ``-s``, also from xdist workers): the tests record it as the ``matrix`` property."""
-    lines = [
-        f"{report.nodeid}: {value}"
-        for outcome in ("passed", "failed")
-        for report in terminalreporter.stats.get(outcome, [])
-        for name, value in getattr(report, "user_properties", [])
-        if name == "matrix" and report.when == "call"
-    ]
-    if lines:
-        terminalreporter.write_sep("-", "security matrices")
-        for line in lines:
-            terminalreporter.write_line(line)

@@ -112,5 +112,5 @@ async def test_every_operation_answers_every_caller_as_documented(
     total = len(inventory) * len(callers)
     summary = f"scope matrix: {len(inventory)} operations x {len(callers)} callers = {total} cases"
     print(f"\n{summary}")
-    record_property("matrix", summary)
+    record_property("summary", f"{summary} ({backend})")
     assert not failures, f"{len(failures)} of {total} cases:\n" + "\n".join(failures)

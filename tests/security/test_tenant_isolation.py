@@ -312,7 +312,7 @@ async def test_a_key_of_one_ledger_finds_and_changes_nothing_of_another(
     with_ids = sum(bool(o.path_params) for o in keyed)
     summary = f"tenant isolation: {with_ids} routes with ids; {matrix.calls} calls by ledger A's key"
     print(f"\n{summary}")
-    record_property("matrix", summary)
+    record_property("summary", f"{summary} ({backend})")
     assert not matrix.failures, f"{len(matrix.failures)} failures:\n" + "\n".join(matrix.failures)
     changed = [table for table in before if before[table] != after[table]]
     assert not changed, f"B's rows changed in {changed}"
