@@ -224,6 +224,21 @@ def test_a_request_target_over_the_limit_gets_431(server: Server) -> None:
         assert_refused(read_until_closed(sock), 431, "headers_too_large")
 
 
+@pytest.mark.parametrize(
+    "request_head",
+    [
+        b"GET /healthz HTTP/1.1\r\nHost: tally\r\nIdempotency-Key: a\x01b\r\n\r\n",
+        b"GET /health z HTTP/1.1\r\nHost: tally\r\n\r\n",
+    ],
+    ids=["control-character-in-a-header", "broken-request-line"],
+)
+def test_a_request_that_is_not_http_gets_400_malformed_request(server: Server, request_head: bytes) -> None:
+    with connect(server) as sock:
+        sock.sendall(request_head)
+        assert_refused(read_until_closed(sock), 400, "malformed_request")
+    assert_still_serving(server)
+
+
 def test_a_header_block_within_the_limit_is_served(server: Server) -> None:
     filler = b"a" * (MAX_HEADER_BYTES - 200)
     with connect(server) as sock:

@@ -147,8 +147,10 @@ class TallyHttpProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
     def send_400_response(self, msg: str) -> None:
+        # What httptools cannot parse as HTTP/1.1 (a control character in a header value, a broken
+        # request line): problem+json like every other refusal, not uvicorn's plain text.
         if not self._refused:  # a parse error after a refusal in the same chunk: already answered
-            super().send_400_response(msg)
+            self._refuse(400, "malformed_request", "The request is not valid HTTP/1.1; nothing was applied.")
 
     # The bounds.
 

@@ -65,6 +65,16 @@ _ROWS: list[tuple[type[e.TallyError] | None, Problem]] = [
     (
         None,
         Problem(
+            "malformed_request",
+            400,
+            "The request is not valid HTTP",
+            "The request line or a header could not be parsed as HTTP/1.1 (a control character in a "
+            "header value, say); nothing was applied. Fix the client, and send it on a new connection.",
+        ),
+    ),
+    (
+        None,
+        Problem(
             "request_timeout",
             408,
             "The request was not received in time",
