@@ -39,7 +39,6 @@ _ORIGIN = "@origin:"  # the first pair of each message names the process that se
 _FEED_TYPES = ("account.created", "account.updated", "transfer.created", "transfer.posted",
                "transfer.voided", "transfer.expired")  # fmt: skip
 _FEED_PAGE = 500
-_HEAD = FeedPosition(-1, -1)  # read from the feed's start (it was empty when first looked at)
 _OWN_EVENTS = 100_000  # pks of this process's own events kept to skip, at most
 
 
@@ -113,7 +112,8 @@ class OutboxInvalidation:
         self._count = count
         self._task: asyncio.Task[None] | None = None
         self._own: set[int] = set()  # pks of events this process committed and wrote through
-        self._position: FeedPosition | None = None  # where the feed was read to; None: not yet
+        self._started = False  # whether the feed's tail was found
+        self._position: FeedPosition | None = None  # where the feed was read to (None: its start)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._follow(), name="tally-cache-invalidation")
@@ -143,10 +143,10 @@ class OutboxInvalidation:
         """Apply the events committed since the last call, but this process's own. The first call
         only finds the feed's tail: the cache starts empty, so only later events can make an entry
         stale."""
-        if self._position is None:
-            self._position = await feed_tail(self._database) or _HEAD
+        if not self._started:
+            self._position, self._started = await feed_tail(self._database), True
         while True:
-            events = await events_after(self._database, self._at(), _FEED_TYPES, _FEED_PAGE)
+            events = await events_after(self._database, self._position, _FEED_TYPES, _FEED_PAGE)
             others = [event for event in events if event.pk not in self._own]
             self._own.difference_update(event.pk for event in events)
             if others:
@@ -156,9 +156,6 @@ class OutboxInvalidation:
                 self._position = events[-1].position
             if len(events) < _FEED_PAGE:
                 return
-
-    def _at(self) -> FeedPosition | None:
-        return None if self._position is _HEAD else self._position
 
 
 def drops_of(events: Sequence[Event]) -> list[Drop]:

@@ -63,7 +63,6 @@ class SqlTransaction:
         self._now = now
         self._at: datetime | None = None
         self._wrote = False
-        self.last_event = 0
         self.event_pks: list[int] = []  # of the events this transaction added
         self.queues: set[str] = set()  # queues this transaction added jobs to (wake-ups after commit)
         # What a cache may hold that this transaction changed: told to the commit listener (ADR 0027).
@@ -112,7 +111,11 @@ class SqlTransaction:
 
     def saw_events(self, pks: Sequence[int]) -> None:
         self.event_pks.extend(pks)
-        self.last_event = max(self.last_event, *pks)
+
+    @property
+    def last_event(self) -> int:
+        """The newest event this transaction added (on SQLite, the consistency token it earns)."""
+        return max(self.event_pks, default=0)
 
     def locked(self, changed_at: Iterable[int]) -> None:
         """Rows were locked that last changed at ``changed_at`` (microseconds).
