@@ -24,7 +24,9 @@ from tally.api.app import create_app
 from tally.bootstrap import Tally
 from tally.config import Settings
 from tally.domain.keys import new_secret
+from tally.services.deadline import set_deadline
 from tally.store.migrations import ensure_schema
+from tally.store.sqlite import SqliteDatabase
 from tests.pg_cluster import PgCluster, require_postgres, start_cluster
 
 ROOT_KEY = new_secret("root")
@@ -161,6 +163,19 @@ def settings_for(directory: Path, **overrides: Any) -> Settings:
     }
     values.update(overrides)
     return Settings(**values)
+
+
+@asynccontextmanager
+async def running_sqlite(path: Path, **options: Any) -> AsyncIterator[SqliteDatabase]:
+    """The SQLite adapter on the file ``path``, started; stopped after, and the deadline a test may
+    have set cleared."""
+    db = SqliteDatabase(f"sqlite:///{path}", **options)
+    await db.start()
+    try:
+        yield db
+    finally:
+        set_deadline(None)
+        await db.stop()
 
 
 @asynccontextmanager

@@ -29,7 +29,7 @@ from tally.domain.keys import Ledger
 from tally.services.deadline import Deadline, set_deadline
 from tally.store.sqlite import SqliteDatabase
 from tests.observability.scrape import Sample, samples, total
-from tests.support import asgi_client, funded_account, new_ledger, open_account, settings_for
+from tests.support import asgi_client, funded_account, new_ledger, open_account, running_sqlite, settings_for
 
 FUNDS = 1_000
 AMOUNT = 50
@@ -133,13 +133,8 @@ def groups() -> Groups:
 
 @pytest.fixture
 async def database(tmp_path: Path, groups: Groups) -> AsyncIterator[SqliteDatabase]:
-    db = SqliteDatabase(f"sqlite:///{tmp_path / 'store.db'}", observer=groups)
-    await db.start()
-    try:
+    async with running_sqlite(tmp_path / "store.db", observer=groups) as db:
         yield db
-    finally:
-        set_deadline(None)
-        await db.stop()
 
 
 # An INSERT that never ends: interrupted, SQLite rolls the whole transaction back, not the statement.

@@ -18,18 +18,15 @@ from tally.cache.memory import MemoryCache
 from tally.domain.keys import Ledger
 from tally.services.ports import NewEvent
 from tally.store.sqlite import SqliteDatabase
+from tests.support import running_sqlite
 
 
 @pytest.fixture
 async def database(tmp_path: Path) -> AsyncIterator[SqliteDatabase]:
-    db = SqliteDatabase(f"sqlite:///{tmp_path / 'feed.db'}")
-    await db.start()
-    async with db.write() as tx:
-        await tx.ledgers.add(Ledger("ldg_1", "feed", await tx.now()))
-    try:
+    async with running_sqlite(tmp_path / "feed.db") as db:
+        async with db.write() as tx:
+            await tx.ledgers.add(Ledger("ldg_1", "feed", await tx.now()))
         yield db
-    finally:
-        await db.stop()
 
 
 async def updated(database: SqliteDatabase, account_id: str) -> int:

@@ -17,6 +17,7 @@ from tally.domain.errors import DeadlineExceeded
 from tally.domain.keys import Ledger
 from tally.services.deadline import Deadline, set_deadline
 from tally.store.sqlite import SqliteDatabase
+from tests.support import running_sqlite
 
 # Counts for ever: only an interrupt ends it.
 ENDLESS = text("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT max(x) FROM c")
@@ -24,13 +25,8 @@ ENDLESS = text("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) 
 
 @pytest.fixture
 async def database(tmp_path: Path) -> AsyncIterator[SqliteDatabase]:
-    db = SqliteDatabase(f"sqlite:///{tmp_path / 'store.db'}")
-    await db.start()
-    try:
+    async with running_sqlite(tmp_path / "store.db") as db:
         yield db
-    finally:
-        set_deadline(None)
-        await db.stop()
 
 
 async def _read_forever(database: SqliteDatabase) -> None:
