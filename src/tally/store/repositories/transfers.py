@@ -41,10 +41,9 @@ _by_ids = _with_reversed.where(
 _by_id_for_update = _by_id.with_for_update(of=_t, key_share=True)
 _by_pk = _with_reversed.where(_t.c.pk == bindparam("pk"))
 _by_pk_for_update = _by_pk.with_for_update(of=_t, key_share=True)
-_insert = insert(_t).returning(_t.c.pk)
 # Many rows in one statement (SQLAlchemy's "insertmanyvalues"); RETURNING's order is not promised
 # then, so each pk is matched by the transfer's id.
-_insert_many = insert(_t).returning(_t.c.pk, _t.c.id)
+_insert = insert(_t).returning(_t.c.pk, _t.c.id)
 _insert_legs = insert(_l)
 _save = (
     update(_t)
@@ -133,17 +132,17 @@ class SqlTransferRepository(SqlRepository):
     async def add(
         self, transfer: Transfer, account_pks: dict[str, int], *, reverses_pk: int | None = None
     ) -> Transfer:
-        self._tx.mark_written()
-        pk: int = (await self._conn.execute(_insert, _row(transfer, reverses_pk))).scalar_one()
-        added = replace(transfer, pk=pk)
-        await self._conn.execute(_insert_legs, _leg_rows(added, account_pks))
+        [added] = await self._add([(transfer, account_pks)], reverses_pk)
         return added
 
     async def add_many(self, transfers: Sequence[tuple[Transfer, dict[str, int]]]) -> list[Transfer]:
-        if not transfers:
-            return []
+        return await self._add(transfers, None) if transfers else []
+
+    async def _add(
+        self, transfers: Sequence[tuple[Transfer, dict[str, int]]], reverses_pk: int | None
+    ) -> list[Transfer]:
         self._tx.mark_written()
-        rows = await self._conn.execute(_insert_many, [_row(transfer, None) for transfer, _ in transfers])
+        rows = await self._conn.execute(_insert, [_row(transfer, reverses_pk) for transfer, _ in transfers])
         pks = {row.id: row.pk for row in rows}
         added = [(replace(transfer, pk=pks[transfer.id]), account_pks) for transfer, account_pks in transfers]
         await self._conn.execute(
