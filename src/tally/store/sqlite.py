@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
@@ -49,6 +48,7 @@ from tally.store.commit_groups import CommitGroup
 from tally.store.database import SqlTransaction
 from tally.store.instrumentation import ConnectionObserver, Unobserved
 from tally.store.migrations import ensure_schema
+from tally.store.sqlite_statements import SqliteStatements, driver_of
 from tally.store.wakeups import Wakeups
 
 Clock = Callable[[], int]  # microseconds since the Unix epoch
@@ -71,10 +71,11 @@ class SqliteConnection:
     past the deadline.
     """
 
-    __slots__ = ("_at", "_sync")
+    __slots__ = ("_at", "_statements", "_sync")
 
-    def __init__(self, sync: Connection, at: float | None = None) -> None:
+    def __init__(self, sync: Connection, statements: SqliteStatements, at: float | None = None) -> None:
         self._sync = sync
+        self._statements = statements
         self._at = at
 
     @property
@@ -85,7 +86,7 @@ class SqliteConnection:
         if self._at is not None and time.monotonic() > self._at:
             raise DeadlineExceeded("The time budget ran out; nothing was applied.")
         # Repositories consume each result before the next statement, so no buffering is needed.
-        return self._sync.execute(statement, parameters)
+        return self._statements.execute(self._sync, statement, parameters)
 
 
 def _is_busy(error: OperationalError) -> bool:
@@ -121,6 +122,7 @@ class SqliteDatabase:
         self._lock_wait = lock_wait_seconds
         self._observer: ConnectionObserver = observer or Unobserved()
         self._engine = self._create_engine(synchronous)  # connects nothing yet
+        self._statements = SqliteStatements(self._engine.dialect)
         self._writer: Connection | None = None
         self._readers: asyncio.Queue[Connection] = asyncio.Queue()
         self._write_lock = asyncio.Lock()
@@ -195,7 +197,7 @@ class SqliteDatabase:
     async def _look_at_schema(self) -> None:
         conn = await self._readers.get()
         try:
-            await self.balance_shape.look(SqliteConnection(conn))
+            await self.balance_shape.look(SqliteConnection(conn, self._statements))
         finally:
             conn.rollback()
             self._readers.put_nowait(conn)
@@ -306,8 +308,8 @@ class SqliteDatabase:
         """One writer's savepoint in ``group``: released into it, or rolled back alone."""
         deadline = current_deadline()
         at = None if deadline is None else deadline.at
-        tx = SqlTransaction(SqliteConnection(conn, at), self._write_now, self.balance_shape)
-        driver = _driver(conn)
+        tx = SqlTransaction(SqliteConnection(conn, self._statements, at), self._write_now, self.balance_shape)
+        driver = driver_of(conn)
         driver.execute("SAVEPOINT tally_write")
         try:
             with _interrupt_at_deadline(conn):
@@ -418,7 +420,9 @@ class SqliteDatabase:
             try:
                 self._catch_up_to(conn, read_intent().token)
                 with _interrupt_at_deadline(conn):
-                    yield SqlTransaction(SqliteConnection(conn), self._read_now, self.balance_shape)
+                    yield SqlTransaction(
+                        SqliteConnection(conn, self._statements), self._read_now, self.balance_shape
+                    )
             finally:
                 conn.rollback()
         finally:
@@ -456,14 +460,6 @@ class SqliteDatabase:
                 raise DeadlineExceeded("The time budget ran out waiting for the database lock.")
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.05)
-
-
-def _driver(conn: Connection) -> sqlite3.Connection:
-    """The ``sqlite3`` connection under ``conn``: savepoints go to it directly, cheaper than Core."""
-    driver = conn.connection.driver_connection
-    if not isinstance(driver, sqlite3.Connection):
-        raise TypeError(f"not a sqlite3 connection (closed?): {driver!r}")
-    return driver
 
 
 async def _commit_off_loop(conn: Connection) -> bool:

@@ -1,0 +1,189 @@
+"""Statements on the sqlite3 cursor (``store.sqlite_statements``) answer exactly as SQLAlchemy does.
+
+Each statement runs twice on a real SQLite file, in one transaction: through ``SqliteStatements``
+and through SQLAlchemy's own ``Connection.execute``; rows, keys, row counts, errors and the cursor
+events must agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import (
+    Column,
+    Connection,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Table,
+    Text,
+    create_engine,
+    event,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.sql.expression import Executable
+
+from tally.store.sqlite_statements import Rows, SqliteStatements
+
+metadata = MetaData()
+things = Table(
+    "things",
+    metadata,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    Column("id", Text, nullable=False, unique=True),
+    Column("blob", LargeBinary),
+    Column("amount", Integer, nullable=False),
+)
+
+
+@pytest.fixture
+def conn(tmp_path: Path) -> Iterator[Connection]:
+    engine = create_engine(f"sqlite:///{tmp_path / 'statements.db'}")
+    metadata.create_all(engine)
+    with engine.connect() as connection:
+        connection.begin()
+        connection.execute(
+            insert(things),
+            [{"id": f"t{n}", "blob": bytes([n]) * 3, "amount": n * 10} for n in range(6)],
+        )
+        yield connection
+        connection.rollback()
+    engine.dispose()
+
+
+def both(conn: Connection, statement: Executable, parameters: Any = None) -> tuple[Any, Any]:
+    """The statement through SqliteStatements, then through SQLAlchemy, inside one savepoint each."""
+    statements = SqliteStatements(conn.dialect)
+    with conn.begin_nested() as savepoint:
+        fast = statements.execute(conn, statement, parameters)
+        assert isinstance(fast, Rows), "the statement should take the cursor path"
+        fast_answer = _answer(fast)
+        savepoint.rollback()
+    with conn.begin_nested() as savepoint:
+        slow_answer = _answer(conn.execute(statement, parameters))
+        savepoint.rollback()
+    return fast_answer, slow_answer
+
+
+def _answer(result: Any) -> Any:
+    if not result.returns_rows:
+        return ("rowcount", result.rowcount)
+    rows = result.all()
+    return (list(result.keys()), [tuple(row) for row in rows], [row._asdict() for row in rows])
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        select(things).order_by(things.c.pk),
+        select(things.c.id, things.c.blob).where(things.c.amount > 15).order_by(things.c.id.desc()),
+        select(func.count().label("n"), func.max(things.c.amount)),
+        select(things.c.id).where(things.c.id.in_(["t1", "t3", "nope"])).order_by(things.c.id),
+        select(things.c.id).where(things.c.id.in_([])),
+        insert(things).values(id="new", blob=b"\x00\xff", amount=7).returning(things.c.pk, things.c.id),
+        insert(things).values([{"id": "m1", "amount": 1}, {"id": "m2", "amount": 2}]).returning(things.c.id),
+        update(things).where(things.c.amount >= 30).values(amount=things.c.amount + 1),
+        update(things).where(things.c.id == "t2").values(amount=0).returning(things.c.amount, things.c.blob),
+    ],
+    ids=[
+        "table",
+        "columns",
+        "functions",
+        "in",
+        "empty-in",
+        "returning",
+        "multi-values",
+        "rowcount",
+        "update-returning",
+    ],
+)
+def test_rows_keys_and_counts_match_sqlalchemy(conn: Connection, statement: Executable) -> None:
+    fast, slow = both(conn, statement)
+    assert fast == slow
+
+
+def test_executemany_and_an_update_by_expression(conn: Connection) -> None:
+    rows = [{"id": "x1", "blob": b"a", "amount": 1}, {"id": "x2", "blob": None, "amount": 2}]
+    fast, slow = both(conn, insert(things), rows)
+    assert fast == slow == ("rowcount", 2)
+    statements = SqliteStatements(conn.dialect)
+    single = update(things).where(things.c.id == "t1").values(amount=things.c.amount + 5)
+    updated = statements.execute(conn, single)
+    assert isinstance(updated, Rows)
+    assert updated.rowcount == 1
+    assert conn.execute(select(things.c.amount).where(things.c.id == "t1")).scalar_one() == 15
+
+
+def test_row_access_by_name_index_and_column(conn: Connection) -> None:
+    statements = SqliteStatements(conn.dialect)
+    row = statements.execute(conn, select(things).where(things.c.id == "t4")).one()
+    assert (row.id, row._mapping["amount"], row._mapping[things.c.blob]) == ("t4", 40, b"\x04" * 3)
+    assert tuple(row)[3] == 40
+    assert statements.execute(conn, select(things.c.pk).order_by(things.c.pk)).scalars().all() == [
+        1,
+        2,
+        3,
+        4,
+        5,
+        6,
+    ]
+    assert statements.execute(conn, select(things.c.pk).where(things.c.id == "none")).first() is None
+
+
+def test_a_driver_error_is_raised_as_sqlalchemy_raises_it(conn: Connection) -> None:
+    statements = SqliteStatements(conn.dialect)
+    duplicate = insert(things).values(id="t1", amount=1)
+    with conn.begin_nested(), pytest.raises(IntegrityError) as fast:
+        statements.execute(conn, duplicate)
+    with conn.begin_nested(), pytest.raises(IntegrityError) as slow:
+        conn.execute(duplicate)
+    assert type(fast.value.orig) is type(slow.value.orig)
+    assert str(fast.value.orig) == str(slow.value.orig)
+
+
+def test_cursor_events_fire_around_each_statement(conn: Connection) -> None:
+    seen: list[tuple[str, str, Any, bool]] = []
+
+    def before(_c: Any, _cursor: Any, statement: str, parameters: Any, _ctx: Any, many: bool) -> None:
+        if "things" in statement:  # not the savepoints
+            seen.append(("before", statement, parameters, many))
+
+    def after(_c: Any, _cursor: Any, statement: str, parameters: Any, _ctx: Any, many: bool) -> None:
+        if "things" in statement:
+            seen.append(("after", statement, parameters, many))
+
+    event.listen(conn.engine, "before_cursor_execute", before)
+    event.listen(conn.engine, "after_cursor_execute", after)
+    statements = SqliteStatements(conn.dialect)
+    statements.execute(conn, select(things.c.id).where(things.c.amount == 20))
+    statements.execute(conn, insert(things), [{"id": "e1", "amount": 1}, {"id": "e2", "amount": 2}])
+    with conn.begin_nested(), pytest.raises(IntegrityError):
+        statements.execute(conn, insert(things).values(id="t1", amount=1))
+    sql = "SELECT things.id \nFROM things \nWHERE things.amount = ?"
+    assert seen[:2] == [("before", sql, (20,), False), ("after", sql, (20,), False)]
+    assert [(kind, many) for kind, _, _, many in seen[2:4]] == [("before", True), ("after", True)]
+    assert seen[3][2] == [("e1", 1), ("e2", 2)]
+    # A failed statement is announced and never reported done (as SQLAlchemy does).
+    assert [kind for kind, *_ in seen[4:]] == ["before"]
+
+
+def test_what_the_cursor_path_does_not_cover_goes_through_sqlalchemy(conn: Connection) -> None:
+    statements = SqliteStatements(conn.dialect)
+    assert not isinstance(statements.execute(conn, text("SELECT 1")), Rows)
+    returning_many = insert(things).returning(things.c.pk)
+    many = [{"id": "r1", "amount": 1}, {"id": "r2", "amount": 2}]
+    answered = statements.execute(conn, returning_many, many)
+    assert not isinstance(answered, Rows)
+    assert len(answered.all()) == 2
+    conn.rollback()  # outside a transaction, SQLAlchemy's autobegin (and its begin event) runs
+    assert not conn.in_transaction()
+    assert not isinstance(statements.execute(conn, select(things.c.pk)), Rows)
+    assert conn.in_transaction()
