@@ -1,0 +1,110 @@
+"""The server's own CPU per transfer (or per balance read), the figure that moves least with noise.
+
+On this 2-core machine the load generator, other processes and the host's neighbours change
+requests/s by ±20 % from run to run. The CPU time ``tally serve`` itself spends per request (user
++ system, read from ``/proc/<pid>/stat`` before and after the measured window) does not count the
+client's share of the cores, and it is what a change to the hot path changes; it still moves with
+the host's speed. Compare figures taken one after the other, in alternating pairs.
+
+It starts one ``tally serve`` on a fresh SQLite file in a temporary directory (``TALLY_RATE_LIMIT=off``,
+``TALLY_LOG_LEVEL=WARNING``, plus any ``--set TALLY_NAME=VALUE``), sets up a ledger with ``--accounts``
+funded accounts through the API (``tally.bench.setup``), then sends ``--scenario`` requests from
+``--clients`` keep-alive connections, closed loop: a 2 s warm-up, then ``--seconds`` measured.
+
+    .venv/bin/python scripts/bench_server_cpu.py [--scenario single|batch|reads] [--seconds 8]
+        [--clients 16] [--accounts 1000] [--set TALLY_NAME=VALUE ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+
+from tally.bench.http_client import HttpConnection
+from tally.bench.loops import Calls
+from tally.bench.scenarios import batch_calls, read_call, transfer_call
+from tally.bench.setup import Ledger, prepare_ledger
+from tally.domain.keys import new_secret
+from tally.harness.tally_server import running_tally
+
+WARMUP_SECONDS = 2.0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def calls(scenario: str, ledger: Ledger, rng: random.Random) -> tuple[int, Calls]:
+    if scenario == "single":
+        return 1, lambda: transfer_call(ledger, ledger.accounts, rng)
+    if scenario == "batch":
+        return 1000, batch_calls(ledger, ledger.accounts, rng, 1000)
+    return 1, lambda: read_call(ledger, rng)
+
+
+async def drive(base_url: str, make: Calls, clients: int, seconds: float) -> int:
+    """Requests answered with 2xx by ``clients`` connections in ``seconds``; any other answer raises."""
+    done = 0
+    stop = time.monotonic() + seconds
+
+    async def client() -> None:
+        nonlocal done
+        connection = HttpConnection(base_url)
+        try:
+            while time.monotonic() < stop:
+                call = make()
+                answer = await connection.request(call.method, call.path, call.body, call.headers)
+                if not 200 <= answer.status < 300:
+                    raise RuntimeError(f"{call.method} {call.path}: {answer.status} {answer.body[:300]!r}")
+                done += 1
+        finally:
+            connection.close()
+
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return done
+
+
+async def measure(options: argparse.Namespace) -> None:
+    root = new_secret("root")
+    with tempfile.TemporaryDirectory() as work:
+        env = {
+            "TALLY_RATE_LIMIT": "off",
+            "TALLY_LOG_LEVEL": "WARNING",
+            "TALLY_ROOT_KEY": root,
+            "TALLY_DATABASE_URL": f"sqlite:///{Path(work) / 'tally.db'}",
+            **dict(setting.split("=", 1) for setting in options.set),
+        }
+        with running_tally(Path(work), env) as server:
+            ledger = await prepare_ledger(server.base_url, root, options.accounts)
+            units, make = calls(options.scenario, ledger, random.Random(1))  # noqa: S311 - a workload, not a secret
+            await drive(server.base_url, make, options.clients, WARMUP_SECONDS)
+            pid = server.process.pid
+            cpu_before, started = cpu_seconds(pid), time.monotonic()
+            answered = await drive(server.base_url, make, options.clients, options.seconds)
+            elapsed, cpu = time.monotonic() - started, cpu_seconds(pid) - cpu_before
+    per = "transfer" if options.scenario != "reads" else "read"
+    print(
+        f"{options.scenario}: {answered * units / elapsed:,.0f} {per}s/s, "
+        f"server CPU {cpu / elapsed:.0%} of a core, {1000 * cpu / (answered * units):.3f} ms per {per}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--scenario", choices=("single", "batch", "reads"), default="single")
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--accounts", type=int, default=1000)
+    parser.add_argument("--set", action="append", default=[], metavar="TALLY_NAME=VALUE")
+    asyncio.run(measure(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
