@@ -31,7 +31,8 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.expression import Executable
 
-from tally.store.sqlite_statements import Rows, SqliteStatements
+from tally.store.sqlite_statements import SqliteStatements
+from tally.store.statement_plans import Rows
 
 metadata = MetaData()
 things = Table(
@@ -50,10 +51,7 @@ def conn(tmp_path: Path) -> Iterator[Connection]:
     metadata.create_all(engine)
     with engine.connect() as connection:
         connection.begin()
-        connection.execute(
-            insert(things),
-            [{"id": f"t{n}", "blob": bytes([n]) * 3, "amount": n * 10} for n in range(6)],
-        )
+        connection.execute(insert(things), SEED)
         yield connection
         connection.rollback()
     engine.dispose()
@@ -80,31 +78,29 @@ def _answer(result: Any) -> Any:
     return (list(result.keys()), [tuple(row) for row in rows], [row._asdict() for row in rows])
 
 
-@pytest.mark.parametrize(
-    "statement",
-    [
-        select(things).order_by(things.c.pk),
-        select(things.c.id, things.c.blob).where(things.c.amount > 15).order_by(things.c.id.desc()),
-        select(func.count().label("n"), func.max(things.c.amount)),
-        select(things.c.id).where(things.c.id.in_(["t1", "t3", "nope"])).order_by(things.c.id),
-        select(things.c.id).where(things.c.id.in_([])),
-        insert(things).values(id="new", blob=b"\x00\xff", amount=7).returning(things.c.pk, things.c.id),
-        insert(things).values([{"id": "m1", "amount": 1}, {"id": "m2", "amount": 2}]).returning(things.c.id),
-        update(things).where(things.c.amount >= 30).values(amount=things.c.amount + 1),
-        update(things).where(things.c.id == "t2").values(amount=0).returning(things.c.amount, things.c.blob),
-    ],
-    ids=[
-        "table",
-        "columns",
-        "functions",
-        "in",
-        "empty-in",
-        "returning",
-        "multi-values",
-        "rowcount",
-        "update-returning",
-    ],
-)
+# Every kind of statement the plans cover; each is compared with SQLAlchemy (here and on PostgreSQL).
+STATEMENTS: dict[str, Executable] = {
+    "table": select(things).order_by(things.c.pk),
+    "columns": select(things.c.id, things.c.blob).where(things.c.amount > 15).order_by(things.c.id.desc()),
+    "functions": select(func.count().label("n"), func.max(things.c.amount)),
+    "in": select(things.c.id).where(things.c.id.in_(["t1", "t3", "nope"])).order_by(things.c.id),
+    "empty-in": select(things.c.id).where(things.c.id.in_([])),
+    "returning": insert(things)
+    .values(id="new", blob=b"\x00\xff", amount=7)
+    .returning(things.c.pk, things.c.id),
+    "multi-values": insert(things)
+    .values([{"id": "m1", "amount": 1}, {"id": "m2", "amount": 2}])
+    .returning(things.c.id),
+    "rowcount": update(things).where(things.c.amount >= 30).values(amount=things.c.amount + 1),
+    "update-returning": update(things)
+    .where(things.c.id == "t2")
+    .values(amount=0)
+    .returning(things.c.amount, things.c.blob),
+}
+SEED = [{"id": f"t{n}", "blob": bytes([n]) * 3, "amount": n * 10} for n in range(6)]
+
+
+@pytest.mark.parametrize("statement", STATEMENTS.values(), ids=STATEMENTS.keys())
 def test_rows_keys_and_counts_match_sqlalchemy(conn: Connection, statement: Executable) -> None:
     fast, slow = both(conn, statement)
     assert fast == slow

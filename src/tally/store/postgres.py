@@ -38,7 +38,9 @@ from tally.store.database import SqlTransaction
 from tally.store.instrumentation import ConnectionObserver, Unobserved
 from tally.store.migrations import SCHEMA_LOCK, ensure_schema
 from tally.store.pg_errors import is_unreachable, translated
+from tally.store.postgres_statements import PostgresConnection
 from tally.store.replicas import ReplicaMonitor, ReplicaState, format_lsn, parse_lsn
+from tally.store.statement_plans import StatementPlans
 from tally.store.wakeups import Wakeups
 
 _TIMEOUT = text("SELECT set_config('statement_timeout', :ms, true)")
@@ -72,6 +74,7 @@ class _Pool:
             pool_pre_ping=True,  # a connection the server dropped is replaced, not handed out
             connect_args={"connect_timeout": 2, "application_name": f"tally-{role}"},
         )
+        self.plans = StatementPlans(self.engine.dialect)  # statements on psycopg (ADR 0039)
 
     @asynccontextmanager
     async def connection(self, default_wait: float) -> AsyncIterator[AsyncConnection]:
@@ -262,7 +265,8 @@ class PostgresDatabase:
         try:
             async with self._primary.connection(self._lock_wait) as conn, self._transaction(conn, "primary"):
                 await conn.execute(_TIMEOUT, {"ms": self._statement_timeout()})
-                tx = SqlTransaction(conn, lambda: self._clock(conn), self.balance_shape)
+                statements = PostgresConnection(conn, self._primary.plans)
+                tx = SqlTransaction(statements, lambda: self._clock(conn), self.balance_shape)
                 yield tx
                 deadline = current_deadline()
                 if deadline is not None and deadline.remaining() <= 0:
@@ -344,7 +348,7 @@ class PostgresDatabase:
 
                 if replica is not None and replica.caught_up_at is not None:
                     report_lagging(replica.caught_up_at)
-                yield SqlTransaction(conn, fixed, self.balance_shape)
+                yield SqlTransaction(PostgresConnection(conn, pool.plans), fixed, self.balance_shape)
         except Unavailable as error:
             if replica is None and is_unreachable(error.__cause__ or error):
                 self._breaker.failed()
