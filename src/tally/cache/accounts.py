@@ -104,7 +104,7 @@ class AccountCache:
                 await self._cache.set_or_repair(key, value, ttl=self._keep, version=version)
             drops.append((key, version))
 
-        if self._cache.backend == "memory":  # no I/O to overlap: a task per account would only cost
+        if self._cache.in_process:  # no I/O to overlap: a task per account would only cost
             for account in committed.accounts:
                 await write(account)
         else:

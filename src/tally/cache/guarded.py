@@ -1,6 +1,7 @@
 """A cache that never fails a request: each call bounded in time, every failure a miss.
 
-A call gets ``min(TALLY_CACHE_TIMEOUT_MS, the request's remaining budget)``; a backend error or
+A call to a server gets ``min(TALLY_CACHE_TIMEOUT_MS, the request's remaining budget)`` (an
+in-process cache does no I/O and is called without a timer); a backend error or
 timeout is reported to the observer (``tally_cache_errors_total``) and answered as "nothing
 cached" / "not stored", so the caller goes on to the database.
 
@@ -89,6 +90,7 @@ class GuardedCache:
         self.cache = cache
         self.name = name
         self.backend = cache.backend
+        self.in_process = cache.in_process
         self._timeout = timeout
         self._health = health or CacheHealth()
         self._observer = observer
@@ -147,13 +149,15 @@ class GuardedCache:
             if self._observer is not None:
                 self._observer.called(self.name, self.backend, operation, 0.0, ok=False)
             return failed
-        # A budget already spent still gets a moment: asyncio.timeout(0) would fail every call.
-        limit = max(0.001, min(self._timeout, remaining(self._timeout)))
         started = time.perf_counter()
         ok = False
         try:
-            async with asyncio.timeout(limit):
+            if self.in_process:  # no I/O: nothing to wait for, and a timer per call would cost
                 result = await call()
+            else:
+                # A budget already spent still gets a moment: asyncio.timeout(0) would fail every call.
+                async with asyncio.timeout(max(0.001, min(self._timeout, remaining(self._timeout)))):
+                    result = await call()
         except (CacheUnavailable, TimeoutError) as error:
             if self._health.failed():
                 where = {"cache": self.name, "backend": self.backend, "operation": operation}

@@ -59,6 +59,7 @@ class MemcachedCache:
     """``Cache`` on the Memcached server at ``host:port``; every call answers or fails within ``timeout``."""
 
     backend = "memcached"
+    in_process = False
 
     def __init__(self, host: str, port: int, *, timeout: float) -> None:
         self._endpoint = (host, port)

@@ -28,6 +28,7 @@ class MemoryCache:
     """
 
     backend = "memory"
+    in_process = True
 
     def __init__(self, max_entries: int, clock: Callable[[], float] = time.monotonic) -> None:
         if max_entries < 1:

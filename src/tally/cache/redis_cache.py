@@ -53,6 +53,7 @@ class RedisCache:
     """``Cache`` on a Redis server at ``url``; every call answers or fails within ``timeout`` seconds."""
 
     backend = "redis"
+    in_process = False
 
     def __init__(self, url: str, *, timeout: float) -> None:
         self._timeout = timeout

@@ -26,6 +26,8 @@ class CacheUnavailable(Exception):
 
 class Cache(Protocol):
     backend: str  # "memory", "redis" or "memcached": a label for metrics and logs
+    # In this process's memory: a call does no I/O, so it cannot hang and has nothing to overlap.
+    in_process: bool
 
     async def get(self, key: str) -> bytes | None:
         """The value stored under ``key``, or ``None`` when absent, expired or a tombstone."""
