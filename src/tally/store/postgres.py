@@ -24,7 +24,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import BigInteger, Connection, Engine, cast, extract, func, select, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -48,7 +48,8 @@ _TIMEOUT_AND_NOW = text(
     "SELECT set_config('statement_timeout', :ms, true),"
     " (extract(epoch FROM clock_timestamp()) * 1000000)::bigint"
 )
-_NOW = text("SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint")
+# The clock in microseconds, as a Core statement so that it runs on psycopg directly (ADR 0039).
+_NOW = select(cast(extract("epoch", func.clock_timestamp()) * 1000000, BigInteger))
 _LSN = text("SELECT pg_current_wal_lsn()::text")
 _TOKEN_WAIT_STEP = 0.01  # seconds between looks at a replica that has not reached a token yet
 
@@ -266,7 +267,7 @@ class PostgresDatabase:
             async with self._primary.connection(self._lock_wait) as conn, self._transaction(conn, "primary"):
                 await conn.execute(_TIMEOUT, {"ms": self._statement_timeout()})
                 statements = PostgresConnection(conn, self._primary.plans)
-                tx = SqlTransaction(statements, lambda: self._clock(conn), self.balance_shape)
+                tx = SqlTransaction(statements, lambda: self._clock(statements), self.balance_shape)
                 yield tx
                 deadline = current_deadline()
                 if deadline is not None and deadline.remaining() <= 0:
@@ -365,7 +366,7 @@ class PostgresDatabase:
                 with suppress(Exception):
                     await conn.rollback()
 
-    async def _clock(self, conn: AsyncConnection) -> int:
+    async def _clock(self, conn: PostgresConnection) -> int:
         with translated("primary"):
             return int((await conn.execute(_NOW)).scalar_one())
 
