@@ -24,7 +24,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 
-from sqlalchemy import BigInteger, Connection, Engine, cast, extract, func, select, text
+from sqlalchemy import BigInteger, Connection, Engine, bindparam, cast, extract, func, select, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -43,13 +43,14 @@ from tally.store.replicas import ReplicaMonitor, ReplicaState, format_lsn, parse
 from tally.store.statement_plans import StatementPlans
 from tally.store.wakeups import Wakeups
 
-_TIMEOUT = text("SELECT set_config('statement_timeout', :ms, true)")
-_TIMEOUT_AND_NOW = text(
-    "SELECT set_config('statement_timeout', :ms, true),"
-    " (extract(epoch FROM clock_timestamp()) * 1000000)::bigint"
+# Core statements, so that they run on psycopg directly (ADR 0039): the transaction is begun by
+# SQLAlchemy (psycopg sends BEGIN with the first statement), then every statement takes that path.
+_CLOCK = cast(extract("epoch", func.clock_timestamp()) * 1000000, BigInteger)  # microseconds
+_TIMEOUT = select(func.set_config("statement_timeout", bindparam("ms"), True))
+_TIMEOUT_AND_NOW = select(
+    func.set_config("statement_timeout", bindparam("ms"), True).label("timeout"), _CLOCK.label("now")
 )
-# The clock in microseconds, as a Core statement so that it runs on psycopg directly (ADR 0039).
-_NOW = select(cast(extract("epoch", func.clock_timestamp()) * 1000000, BigInteger))
+_NOW = select(_CLOCK)
 _LSN = text("SELECT pg_current_wal_lsn()::text")
 _TOKEN_WAIT_STEP = 0.01  # seconds between looks at a replica that has not reached a token yet
 
@@ -265,8 +266,9 @@ class PostgresDatabase:
         started = self._breaker.now()
         try:
             async with self._primary.connection(self._lock_wait) as conn, self._transaction(conn, "primary"):
-                await conn.execute(_TIMEOUT, {"ms": self._statement_timeout()})
+                await conn.begin()
                 statements = PostgresConnection(conn, self._primary.plans)
+                await statements.execute(_TIMEOUT, {"ms": self._statement_timeout()})
                 tx = SqlTransaction(statements, lambda: self._clock(statements), self.balance_shape)
                 yield tx
                 deadline = current_deadline()
@@ -341,15 +343,17 @@ class PostgresDatabase:
         try:
             async with pool.connection(self._lock_wait) as conn, self._transaction(conn, pool.role):
                 await conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
-                row = (await conn.execute(_TIMEOUT_AND_NOW, {"ms": self._statement_timeout()})).one()
-                now = int(row[1])
+                await conn.begin()
+                statements = PostgresConnection(conn, pool.plans)
+                row = (await statements.execute(_TIMEOUT_AND_NOW, {"ms": self._statement_timeout()})).one()
+                now = int(row.now)
 
                 async def fixed() -> int:
                     return now
 
                 if replica is not None and replica.caught_up_at is not None:
                     report_lagging(replica.caught_up_at)
-                yield SqlTransaction(PostgresConnection(conn, pool.plans), fixed, self.balance_shape)
+                yield SqlTransaction(statements, fixed, self.balance_shape)
         except Unavailable as error:
             if replica is None and is_unreachable(error.__cause__ or error):
                 self._breaker.failed()
