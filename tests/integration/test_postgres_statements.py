@@ -8,11 +8,12 @@ agree.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from sqlalchemy import event, insert, select, text
+from sqlalchemy import event, func, insert, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.sql.expression import Executable
@@ -101,3 +102,17 @@ async def test_errors_and_events_are_sqlalchemys(engine: AsyncEngine) -> None:
         # Outside a transaction (SQLAlchemy's autobegin), the statement goes through SQLAlchemy.
         assert not isinstance(await statements.execute(select(things.c.pk)), Rows)
         await conn.rollback()
+
+
+async def test_a_statement_cancelled_midway_invalidates_its_connection(engine: AsyncEngine) -> None:
+    async with engine.connect() as conn:
+        await conn.execute(text("SELECT 1"))
+        statements = PostgresConnection(conn, StatementPlans(conn.dialect))
+        sleeping = asyncio.ensure_future(statements.execute(select(func.pg_sleep(30))))
+        await asyncio.sleep(0.3)
+        sleeping.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await sleeping
+        assert conn.invalidated  # never handed out again in an unknown state
+    async with engine.connect() as fresh:  # the pool makes a new connection
+        assert (await fresh.execute(select(things.c.amount).where(things.c.id == "t5"))).scalar_one() == 50

@@ -12,8 +12,9 @@ What stays the same for callers:
 - the ``before_cursor_execute`` and ``after_cursor_execute`` events fire on the sync connection
   with the statement and its parameters (the execution context they are handed is ``None``);
 - a driver error is raised as SQLAlchemy's wrapped form (``OperationalError``, ``IntegrityError``,
-  with the SQLSTATE on ``orig``), which ``store.pg_errors`` translates as before; a lost connection
-  is invalidated, so the pool does not hand it out again;
+  with the SQLSTATE on ``orig``), which ``store.pg_errors`` translates as before; a lost connection,
+  or one whose statement was interrupted by a cancellation, is invalidated, so the pool does not
+  hand it out again;
 - ``rowcount`` is on the result.
 """
 
@@ -84,6 +85,11 @@ async def _run(conn: AsyncConnection, driver: psycopg.AsyncConnection[Any], prep
         raise DBAPIError.instance(
             sql, parameters, error, psycopg.Error, connection_invalidated=lost, dialect=conn.dialect
         ) from error
+    except BaseException as error:
+        if not isinstance(error, Exception):  # cancelled mid-statement: the connection's state is
+            with suppress(Exception):  # unknown, so it is invalidated, as SQLAlchemy does
+                await conn.invalidate(error)
+        raise
     finally:
         with suppress(Exception):
             await cursor.close()
