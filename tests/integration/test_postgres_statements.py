@@ -12,13 +12,14 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import psycopg
 import pytest
 from sqlalchemy import event, func, insert, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.sql.expression import Executable
 
-from tally.store.postgres_statements import PostgresConnection
+from tally.store.postgres_statements import PostgresConnection, read_between_transactions
 from tally.store.statement_plans import Rows, StatementPlans
 from tests.integration.test_sqlite_statements import SEED, STATEMENTS, metadata, things
 from tests.support import BACKENDS
@@ -116,3 +117,26 @@ async def test_a_statement_cancelled_midway_invalidates_its_connection(engine: A
         assert conn.invalidated  # never handed out again in an unknown state
     async with engine.connect() as fresh:  # the pool makes a new connection
         assert (await fresh.execute(select(things.c.amount).where(things.c.id == "t5"))).scalar_one() == 50
+
+
+async def test_a_read_between_transactions_leaves_the_connection_idle(engine: AsyncEngine) -> None:
+    lsn = "SELECT pg_current_wal_lsn()::text"
+    async with engine.connect() as conn:
+        await conn.execute(insert(things).values(id="between", amount=1))
+        await conn.commit()
+        raw = await conn.get_raw_connection()
+        driver = raw.driver_connection
+        assert isinstance(driver, psycopg.AsyncConnection)
+        found = await read_between_transactions(conn, lsn)
+        assert isinstance(found, str)
+        assert "/" in found
+        # No BEGIN was sent, so there is nothing for the pool to roll back (psycopg forgets its
+        # prepared statements on every ROLLBACK), and autocommit is off again.
+        assert driver.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        assert not driver.autocommit
+        assert not conn.in_transaction()
+        # The plain way, for contrast: SQLAlchemy's autobegin leaves a transaction open.
+        await conn.execute(text(lsn))
+        status: psycopg.pq.TransactionStatus = driver.info.transaction_status
+        assert status == psycopg.pq.TransactionStatus.INTRANS
+        await conn.rollback()

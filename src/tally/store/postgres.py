@@ -38,7 +38,7 @@ from tally.store.database import SqlTransaction
 from tally.store.instrumentation import ConnectionObserver, Unobserved
 from tally.store.migrations import SCHEMA_LOCK, ensure_schema
 from tally.store.pg_errors import is_unreachable, translated
-from tally.store.postgres_statements import PostgresConnection
+from tally.store.postgres_statements import PostgresConnection, read_between_transactions
 from tally.store.replicas import ReplicaMonitor, ReplicaState, format_lsn, parse_lsn
 from tally.store.statement_plans import StatementPlans
 from tally.store.wakeups import Wakeups
@@ -51,7 +51,8 @@ _TIMEOUT_AND_NOW = select(
     func.set_config("statement_timeout", bindparam("ms"), True).label("timeout"), _CLOCK.label("now")
 )
 _NOW = select(_CLOCK)
-_LSN = text("SELECT pg_current_wal_lsn()::text")
+_LSN_SQL = "SELECT pg_current_wal_lsn()::text"
+_LSN = text(_LSN_SQL)
 _TOKEN_WAIT_STEP = 0.01  # seconds between looks at a replica that has not reached a token yet
 
 
@@ -281,7 +282,7 @@ class PostgresDatabase:
                     self.wakeups.signal()
                 if tx.wrote:
                     with suppress(Exception):  # committed; a lost token only costs read-your-writes
-                        lsn = parse_lsn((await conn.execute(_LSN)).scalar_one())
+                        lsn = parse_lsn(await read_between_transactions(conn, _LSN_SQL))
                         self._position = max(self._position, lsn)
         except Unavailable as error:
             if is_unreachable(error.__cause__ or error):
@@ -354,6 +355,10 @@ class PostgresDatabase:
                 if replica is not None and replica.caught_up_at is not None:
                     report_lagging(replica.caught_up_at)
                 yield SqlTransaction(statements, fixed, self.balance_shape)
+                # Read only: COMMIT ends it like ROLLBACK would, but psycopg keeps its prepared
+                # statements (it forgets them on every ROLLBACK). Nothing is lost if it fails.
+                with suppress(Exception):
+                    await conn.commit()
         except Unavailable as error:
             if replica is None and is_unreachable(error.__cause__ or error):
                 self._breaker.failed()

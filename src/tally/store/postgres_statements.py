@@ -24,7 +24,7 @@ from contextlib import suppress
 from typing import Any
 
 import psycopg
-from sqlalchemy import Dialect, Executable, Result
+from sqlalchemy import Dialect, Executable, Result, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -96,3 +96,33 @@ async def _run(conn: AsyncConnection, driver: psycopg.AsyncConnection[Any], prep
     if events:
         sync.dispatch.after_cursor_execute(sync, cursor, sql, parameters, None, many)
     return Rows(prepared.metadata, rows, rowcount)
+
+
+async def read_between_transactions(conn: AsyncConnection, sql: str) -> Any:
+    """The first value of ``sql``, run on psycopg in autocommit between two transactions.
+
+    After a COMMIT, ``conn.execute`` would autobegin: psycopg sends BEGIN, then the statement, and
+    the pool's reset sends ROLLBACK when the connection goes back, on which psycopg forgets every
+    statement it had prepared. Here the statement goes alone and the connection stays idle.
+    """
+    sync = conn.sync_connection
+    fairy = sync._dbapi_connection if sync is not None and not sync.invalidated else None
+    driver = fairy.driver_connection if fairy is not None else None
+    if sync is None or sync.in_transaction() or not isinstance(driver, psycopg.AsyncConnection):
+        return (await conn.execute(text(sql))).scalar_one()
+    await driver.set_autocommit(True)
+    try:
+        cursor = driver.cursor()
+        events = sync._has_events or sync.engine._has_events
+        if events:
+            sync.dispatch.before_cursor_execute(sync, cursor, sql, (), None, False)
+        await cursor.execute(sql)
+        row = await cursor.fetchone()
+        if events:
+            sync.dispatch.after_cursor_execute(sync, cursor, sql, (), None, False)
+        await cursor.close()
+    finally:
+        await driver.set_autocommit(False)
+    if row is None:
+        raise RuntimeError(f"no row from {sql!r}")
+    return row[0]
