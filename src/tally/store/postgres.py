@@ -46,10 +46,9 @@ from tally.store.wakeups import Wakeups
 # Core statements, so that they run on psycopg directly (ADR 0039): the transaction is begun by
 # SQLAlchemy (psycopg sends BEGIN with the first statement), then every statement takes that path.
 _CLOCK = cast(extract("epoch", func.clock_timestamp()) * 1000000, BigInteger)  # microseconds
-_TIMEOUT = select(func.set_config("statement_timeout", bindparam("ms"), True))
-_TIMEOUT_AND_NOW = select(
-    func.set_config("statement_timeout", bindparam("ms"), True).label("timeout"), _CLOCK.label("now")
-)
+_SET_TIMEOUT = func.set_config("statement_timeout", bindparam("ms"), True)  # for this transaction
+_TIMEOUT = select(_SET_TIMEOUT)
+_TIMEOUT_AND_NOW = select(_SET_TIMEOUT.label("timeout"), _CLOCK.label("now"))
 _NOW = select(_CLOCK)
 _LSN_SQL = "SELECT pg_current_wal_lsn()::text"
 _LSN = text(_LSN_SQL)

@@ -45,17 +45,18 @@ class PostgresConnection:
         return self._conn.dialect
 
     async def execute(self, statement: Executable, parameters: Any = None) -> Result[Any]:
-        driver = _driver(self._conn)
+        driver = _driver(self._conn, in_transaction=True)
         prepared = self._plans.prepare(statement, parameters) if driver is not None else None
         if driver is None or prepared is None:
             return await self._conn.execute(statement, parameters)
         return await _run(self._conn, driver, prepared)
 
 
-def _driver(conn: AsyncConnection) -> psycopg.AsyncConnection[Any] | None:
-    """psycopg's connection under ``conn``, while a transaction SQLAlchemy began holds it."""
+def _driver(conn: AsyncConnection, *, in_transaction: bool) -> psycopg.AsyncConnection[Any] | None:
+    """psycopg's connection under ``conn``, if it is valid and SQLAlchemy's transaction on it is
+    open (``in_transaction``) or not."""
     sync = conn.sync_connection
-    if sync is None or sync.invalidated or not sync.in_transaction():
+    if sync is None or sync.invalidated or sync.in_transaction() != in_transaction:
         return None
     fairy = sync._dbapi_connection
     driver = fairy.driver_connection if fairy is not None else None
@@ -105,10 +106,8 @@ async def read_between_transactions(conn: AsyncConnection, sql: str) -> Any:
     the pool's reset sends ROLLBACK when the connection goes back, on which psycopg forgets every
     statement it had prepared. Here the statement goes alone and the connection stays idle.
     """
-    sync = conn.sync_connection
-    fairy = sync._dbapi_connection if sync is not None and not sync.invalidated else None
-    driver = fairy.driver_connection if fairy is not None else None
-    if sync is None or sync.in_transaction() or not isinstance(driver, psycopg.AsyncConnection):
+    driver, sync = _driver(conn, in_transaction=False), conn.sync_connection
+    if driver is None or sync is None:
         return (await conn.execute(text(sql))).scalar_one()
     await driver.set_autocommit(True)
     try:
