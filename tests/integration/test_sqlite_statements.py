@@ -20,6 +20,7 @@ from sqlalchemy import (
     MetaData,
     Table,
     Text,
+    bindparam,
     create_engine,
     event,
     func,
@@ -28,11 +29,11 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, InvalidRequestError
 from sqlalchemy.sql.expression import Executable
 
 from tally.store.sqlite_statements import SqliteStatements
-from tally.store.statement_plans import Rows
+from tally.store.statement_plans import Rows, StatementPlans
 
 metadata = MetaData()
 things = Table(
@@ -69,6 +70,22 @@ def both(conn: Connection, statement: Executable, parameters: Any = None) -> tup
         slow_answer = _answer(conn.execute(statement, parameters))
         savepoint.rollback()
     return fast_answer, slow_answer
+
+
+def each_call(conn: Connection, statement: Executable, calls: list[Any]) -> list[tuple[Any, Any]]:
+    """Each call's answer through one SqliteStatements (so reused statements get bound), then
+    through SQLAlchemy, each inside a savepoint of its own."""
+    statements = SqliteStatements(conn.dialect)
+    answers = []
+    for parameters in calls:
+        with conn.begin_nested() as savepoint:
+            fast = _answer(statements.execute(conn, statement, parameters))
+            savepoint.rollback()
+        with conn.begin_nested() as savepoint:
+            slow = _answer(conn.execute(statement, parameters))
+            savepoint.rollback()
+        answers.append((fast, slow))
+    return answers
 
 
 def _answer(result: Any) -> Any:
@@ -183,3 +200,111 @@ def test_what_the_cursor_path_does_not_cover_goes_through_sqlalchemy(conn: Conne
     assert not conn.in_transaction()
     assert not isinstance(statements.execute(conn, select(things.c.pk)), Rows)
     assert conn.in_transaction()
+
+
+# Statements built once and run again and again, as the repositories' are: from the second call with
+# the same keys they are bound, and their parameters no longer pass through SQLAlchemy.
+REUSED: dict[str, tuple[Executable, list[Any]]] = {
+    "select by bind": (
+        select(things.c.id, things.c.amount).where(things.c.id == bindparam("id")),
+        [{"id": "t1"}, {"id": "t2"}, {"id": "t3"}, {"id": "none"}],
+    ),
+    "held value beside a bind": (
+        select(things.c.id).where(things.c.amount > 15, things.c.id != bindparam("id")).order_by(things.c.id),
+        [{"id": "t2"}, {"id": "t3"}, {"id": "t4"}],
+    ),
+    "bind with a default": (
+        select(things.c.id).where(things.c.amount >= bindparam("least", value=30)).order_by(things.c.id),
+        [{}, {}, {"least": 40}, {"least": 50}, {}],
+    ),
+    "insert by keys": (
+        insert(things).returning(things.c.pk, things.c.blob),
+        [{"id": "a", "amount": 1}, {"id": "b", "amount": 2, "blob": b"x"}, {"id": "c", "amount": 3}],
+    ),
+    "insert with values held": (
+        insert(things).values(amount=bindparam("n"), blob=b"held"),
+        [{"n": 1, "id": "h1"}, {"n": 2, "id": "h2"}, {"n": 3, "id": "h3"}],
+    ),
+    "executemany update": (
+        update(things).where(things.c.id == bindparam("u_id")).values(amount=bindparam("u_amount")),
+        [[{"u_id": "t1", "u_amount": 1}, {"u_id": "t2", "u_amount": 2}]] * 3,
+    ),
+    "executemany insert": (
+        insert(things),
+        [[{"id": f"m{n}", "amount": n}, {"id": f"n{n}", "amount": n}] for n in range(3)],
+    ),
+    "in list": (
+        select(things.c.id).where(things.c.id.in_(bindparam("ids", expanding=True))).order_by(things.c.id),
+        [
+            {"ids": ids}
+            for ids in (
+                ["t1"],
+                ["t1", "t2"],
+                [],
+                ["t3", "t4", "t5"],
+                ["t4", "t0"],
+                ["t5"],
+                [],
+                ("t2", "t9", "t1"),
+            )
+        ],
+    ),
+    "held in list": (
+        select(things.c.id).where(things.c.id.in_(["t1", "t3", "x"]), things.c.amount > bindparam("n")),
+        [{"n": 0}, {"n": 10}, {"n": 20}, {"n": 30}],
+    ),
+    "in list beside a bind": (
+        select(things.c.id)
+        .where(things.c.amount < bindparam("n"), things.c.id.in_(bindparam("ids", expanding=True)))
+        .order_by(things.c.id),
+        [{"n": n, "ids": ids} for n in (15, 35) for ids in (["t1", "t3"], ["t0", "t2", "t4"], ["t1", "t3"])],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", REUSED.values(), ids=REUSED.keys())
+def test_a_reused_statement_answers_as_sqlalchemy_on_every_call(conn: Connection, case: Any) -> None:
+    statement, calls = case
+    for fast, slow in each_call(conn, statement, calls):
+        assert fast == slow
+
+
+def test_a_reused_statement_is_bound_from_its_second_call(conn: Connection, monkeypatch: Any) -> None:
+    compiled: list[Any] = []
+    real = StatementPlans._compile
+
+    def counting(self: StatementPlans, statement: Any, *rest: Any) -> Any:
+        compiled.append(statement)
+        return real(self, statement, *rest)
+
+    monkeypatch.setattr(StatementPlans, "_compile", counting)
+    by_id = select(things.c.amount).where(things.c.id == bindparam("id"))
+    statements = SqliteStatements(conn.dialect)
+    amounts = [statements.execute(conn, by_id, {"id": f"t{n}"}).scalar_one() for n in range(6)]
+    assert amounts == [0, 10, 20, 30, 40, 50]
+    assert len(compiled) == 3  # the first call; the second binds it and runs it as before
+    # Built again per call, a statement is compiled on every call.
+    for n in range(3):
+        statements.execute(conn, select(things.c.amount).where(things.c.id == f"t{n}"))
+    assert len(compiled) == 6
+    # With an IN list: bound for each length of the list the first time it comes.
+    in_list = select(things.c.id).where(things.c.id.in_(bindparam("ids", expanding=True)))
+    for ids in (["t1"], ["t1"], ["t2"], ["t1", "t2"], ["t3", "t4"], ["t5"]):
+        assert statements.execute(conn, in_list, {"ids": ids}).scalars().all() == ids
+    assert len(compiled) == 6 + 1 + 2 + 1
+
+
+def test_a_bound_statement_falls_back_when_the_keys_differ(conn: Connection) -> None:
+    many = (
+        update(things).where(things.c.id == bindparam("u_id")).values(amount=bindparam("u_amount", value=99))
+    )
+    same = [{"u_id": "t1", "u_amount": 1}, {"u_id": "t2", "u_amount": 2}]
+    ragged = [{"u_id": "t1", "u_amount": 1}, {"u_id": "t2"}]
+    for fast, slow in each_call(conn, many, [same, same, ragged, same]):
+        assert fast == slow
+    statements = SqliteStatements(conn.dialect)
+    required = select(things.c.id).where(things.c.id == bindparam("id"))
+    statements.execute(conn, required, {"id": "t1"})
+    statements.execute(conn, required, {"id": "t1"})
+    with pytest.raises(InvalidRequestError, match="A value is required for bind parameter 'id'"):
+        statements.execute(conn, required, {"other": "t1"})

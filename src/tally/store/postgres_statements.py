@@ -96,7 +96,7 @@ async def _run(conn: AsyncConnection, driver: psycopg.AsyncConnection[Any], prep
             await cursor.close()
     if events:
         sync.dispatch.after_cursor_execute(sync, cursor, sql, parameters, None, many)
-    return Rows(prepared.metadata, rows, rowcount)
+    return Rows(prepared.metadata, [] if prepared.hidden else rows, rowcount)
 
 
 async def read_between_transactions(conn: AsyncConnection, sql: str) -> Any:

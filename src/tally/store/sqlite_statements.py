@@ -63,4 +63,4 @@ def _run(conn: Connection, prepared: Prepared) -> Rows:
         conn.dispatch.after_cursor_execute(conn, cursor, sql, parameters, None, many)
     rowcount = cursor.rowcount
     cursor.close()
-    return Rows(prepared.metadata, rows, rowcount)
+    return Rows(prepared.metadata, [] if prepared.hidden else rows, rowcount)

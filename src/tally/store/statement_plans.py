@@ -11,6 +11,12 @@ and the shape of the rows. The adapters' executors (``store.sqlite_statements``,
 an ``IteratorResult`` the repositories read as before (``all``, ``one``, ``first``, ``scalar``,
 ``scalars``, attribute access, ``rowcount``).
 
+A statement object that comes back (the repositories build theirs once, at import) is bound the
+second time it is seen with the same parameter keys: where each driver parameter comes from (a key
+of the call's parameters, or a value the statement itself holds) and its bind processor. Later
+calls skip SQLAlchemy's cache key lookup and ``construct_params`` and only pick their values.
+Statements with IN lists, or with a bind whose value is computed per call, are not bound.
+
 ``prepare`` answers ``None`` for what the plan does not cover, which the executors send through
 SQLAlchemy unchanged: text statements, Python-side column defaults, executemany with RETURNING or
 with IN lists, ``insertmanyvalues``, a schema translate map, execution options, and result columns
@@ -23,7 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Dialect, Executable
+from sqlalchemy import Dialect, Executable, exc
 from sqlalchemy.engine.result import IteratorResult, SimpleResultMetaData
 from sqlalchemy.sql import compiler
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -31,6 +37,7 @@ from sqlalchemy.sql.elements import ClauseElement
 from sqlalchemy.util import LRUCache
 
 CACHE_SIZE = 500  # compiled forms kept (SQLAlchemy's own default for an engine)
+LENGTHS = 32  # bindings kept per statement with IN lists, one per lengths of its lists
 _NO_ROWS = SimpleResultMetaData([])
 Processors = Mapping[str, Callable[[Any], Any]]
 
@@ -52,6 +59,27 @@ class Prepared:
     parameters: Any
     many: bool
     metadata: SimpleResultMetaData | None  # None: the statement returns no rows
+    hidden: bool = False  # rows of an implicit RETURNING (SQLAlchemy's, for the primary key): not shown
+
+
+@dataclass(frozen=True, slots=True)
+class _Binding:
+    """A statement object's driver parameters for one set of keys."""
+
+    sql: str
+    # Per driver parameter: the call's key (None: the value held here), the index in that key's
+    # list (an IN list's item) or None, the value held, the bind processor.
+    sources: tuple[tuple[str | None, int | None, Any, Callable[[Any], Any] | None], ...]
+    names: tuple[str, ...] | None  # the named paramstyle's names, in the order of ``sources``
+    metadata: SimpleResultMetaData | None
+    hidden: bool
+    lists: tuple[str, ...]  # the keys of IN lists: a binding holds one length of each
+    lengths: dict[tuple[int, ...], _Binding]  # with ``lists``: the bindings for other lengths
+
+
+_UNBOUND = object()  # a statement seen once with these keys
+_UNBINDABLE = object()  # one that cannot be bound (IN lists, a value computed per call)
+_Key = tuple[int, bool, tuple[str, ...]]  # the statement's id, executemany, the parameters' keys
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +91,7 @@ class _Plan:
     processors: Processors
     expanding: bool  # IN lists: the SQL text and parameters depend on each call's values
     metadata: SimpleResultMetaData | None
+    hidden: bool
 
 
 class StatementPlans:
@@ -72,6 +101,7 @@ class StatementPlans:
         self._dialect = dialect
         self._compiled: LRUCache[Any, Any] = LRUCache(CACHE_SIZE)
         self._plans: dict[int, tuple[SQLCompiler, _Plan | None]] = {}
+        self._bindings: dict[_Key, tuple[Executable, object]] = {}
         self._linting = dialect.compiler_linting | compiler.WARN_LINTING
 
     def prepare(self, statement: Executable, parameters: Any) -> Prepared | None:
@@ -85,7 +115,44 @@ class StatementPlans:
             sets = parameters
         else:
             sets = [parameters]
-        compiled, extracted, collected, _ = statement._compile_w_cache(
+        key: _Key = (id(statement), many, tuple(sets[0]) if sets else ())
+        known = self._bindings.get(key)
+        if known is None or known[0] is not statement:
+            if len(self._bindings) >= 2 * CACHE_SIZE:
+                self._bindings.clear()  # statements built per call; the reused ones come back
+            self._bindings[key] = (statement, _UNBOUND)
+        elif isinstance(known[1], _Binding):
+            binding: Any = known[1]
+            if binding.lists:
+                binding = self._of_lengths(binding, statement, sets)
+            bound = _bound(binding, sets, many) if binding is not None else None
+            if bound is not None:
+                return bound
+        elif known[1] is _UNBOUND:
+            made = self._bind(statement, sets, many)
+            if isinstance(made, _Binding) and made.lists:
+                made.lengths[tuple(len(sets[0][key]) for key in made.lists)] = made
+            self._bindings[key] = (statement, made)
+        return self._prepare(statement, sets, many)
+
+    def _of_lengths(
+        self, first: _Binding, statement: ClauseElement, sets: list[Mapping[str, Any]]
+    ) -> _Binding | None:
+        """The binding of a statement with IN lists for this call's lists' lengths, bound on first
+        use (up to ``LENGTHS`` of them)."""
+        given = sets[0]
+        if any(type(given[key]) not in (list, tuple) for key in first.lists):
+            return None
+        lengths = tuple(len(given[key]) for key in first.lists)
+        known = first.lengths.get(lengths)
+        if known is None and len(first.lengths) < LENGTHS:
+            bound = self._bind(statement, sets, False)
+            if isinstance(bound, _Binding):
+                first.lengths[lengths] = known = bound
+        return known
+
+    def _compile(self, statement: ClauseElement, sets: list[Mapping[str, Any]], many: bool) -> Any:
+        return statement._compile_w_cache(
             self._dialect,
             compiled_cache=self._compiled,
             column_keys=sorted(sets[0]) if sets else [],
@@ -93,6 +160,11 @@ class StatementPlans:
             schema_translate_map=None,
             linting=self._linting,
         )
+
+    def _prepare(
+        self, statement: ClauseElement, sets: list[Mapping[str, Any]], many: bool
+    ) -> Prepared | None:
+        compiled, extracted, collected, _ = self._compile(statement, sets, many)
         plan = self._plan(compiled, many)
         if plan is None or not isinstance(compiled, SQLCompiler):
             return None
@@ -125,7 +197,57 @@ class StatementPlans:
                 }
                 for given in values
             ]
-        return Prepared(sql, driver if many else driver[0], many, plan.metadata)
+        return Prepared(sql, driver if many else driver[0], many, plan.metadata, plan.hidden)
+
+    def _bind(self, statement: ClauseElement, sets: list[Mapping[str, Any]], many: bool) -> object:
+        """Where each driver parameter of ``statement`` comes from, for calls with these keys (and,
+        with IN lists, these lists' lengths): a ``_Binding``, or ``_UNBINDABLE``."""
+        compiled, extracted, collected, _ = self._compile(statement, sets, many)
+        plan = self._plan(compiled, many)
+        if plan is None or not isinstance(compiled, SQLCompiler) or compiled.literal_execute_params:
+            return _UNBINDABLE  # (values rendered into the SQL text: it changes with them)
+        given = sets[0] if sets else {}
+        try:
+            values = compiled.construct_params(
+                given, escape_names=False, extracted_parameters=extracted, _collected_params=collected
+            )
+        except exc.SQLAlchemyError:
+            return _UNBINDABLE  # a required value is missing: SQLAlchemy says so on every call
+        places: dict[str, tuple[str | None, int | None]] = {}  # (the call's key or None: held, list index)
+        for bind, name in compiled.bind_names.items():
+            if bind.key in given:
+                places[name] = (bind.key, None)
+            elif name in given:
+                places[name] = (name, None)
+            elif bind.callable:
+                return _UNBINDABLE
+            else:
+                places[name] = (None, None)
+        sql, order, processors = compiled.string, plan.positions, plan.processors
+        lists: tuple[str, ...] = ()
+        if plan.expanding:  # rewrites values in place: each list becomes one parameter per item
+            expanded = compiled._process_parameters_for_postcompile(values)
+            sql, processors = expanded.statement, {**processors, **expanded.processors}
+            order = expanded.positiontup if order is not None else None
+            lists = tuple(
+                key for name in expanded.parameter_expansion if (key := places[name][0]) is not None
+            )
+            for name, items in expanded.parameter_expansion.items():
+                key = places[name][0]
+                for index, item in enumerate(items):
+                    if key is not None and not _is_item(given[key], index, values[item]):
+                        return _UNBINDABLE  # not a plain list of values (tuples, say)
+                    places[item] = (key, index) if key is not None else (None, None)
+        names = list(values) if order is None else list(order)
+        return _Binding(
+            sql,
+            tuple((*places[name], values[name], processors.get(name)) for name in names),
+            None if order is not None else tuple(plan.names.get(name, name) for name in names),
+            plan.metadata,
+            plan.hidden,
+            lists,
+            {},
+        )
 
     def _plan(self, compiled: Any, many: bool) -> _Plan | None:
         known = self._plans.get(id(compiled))
@@ -136,6 +258,32 @@ class StatementPlans:
             self._plans.clear()  # compiled forms the LRU cache dropped; the live ones come back
         self._plans[id(compiled)] = (compiled, plan)
         return plan
+
+
+def _bound(binding: _Binding, sets: list[Mapping[str, Any]], many: bool) -> Prepared | None:
+    """The driver's parameters through ``binding``, or ``None`` if a later set has other keys."""
+    if many:
+        keys = sets[0].keys()
+        if any(one.keys() != keys for one in sets):
+            return None
+    sources = binding.sources
+    rows = [
+        tuple(
+            [
+                value if process is None else process(value)
+                for key, index, held, process in sources
+                for value in [held if key is None else given[key] if index is None else given[key][index]]
+            ]
+        )
+        for given in sets or [{}]
+    ]
+    names = binding.names
+    driver: list[Any] = rows if names is None else [dict(zip(names, row, strict=True)) for row in rows]
+    return Prepared(binding.sql, driver if many else driver[0], many, binding.metadata, binding.hidden)
+
+
+def _is_item(given: Any, index: int, value: Any) -> bool:
+    return type(given) in (list, tuple) and index < len(given) and given[index] is value
 
 
 def _plan_of(compiled: Any, dialect: Dialect, many: bool) -> _Plan | None:
@@ -157,6 +305,9 @@ def _plan_of(compiled: Any, dialect: Dialect, many: bool) -> _Plan | None:
         cast("Processors", compiled._bind_processors),  # none is a tuple here
         expanding,
         metadata,
+        # An INSERT without RETURNING of its own, to which the dialect added one for the primary
+        # key: SQLAlchemy reads that row itself and shows none.
+        returning and not cast("Any", compiled.statement)._returning,
     )
 
 
