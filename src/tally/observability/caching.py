@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tally.observability.metrics import Metrics
+from tally.observability.metrics import Children, Metrics
 
 
 class CacheMetrics:
@@ -10,14 +10,16 @@ class CacheMetrics:
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
+        self._latency = Children(metrics.cache_latency)
+        self._requests = Children(metrics.cache_requests)
 
     def called(self, cache: str, backend: str, operation: str, seconds: float, *, ok: bool) -> None:
-        self._metrics.cache_latency.labels(cache, backend, operation).observe(seconds)
+        self._latency(cache, backend, operation).observe(seconds)
         if not ok:
             self._metrics.cache_errors.labels(cache, backend, operation).inc()
 
     def looked_up(self, cache: str, backend: str, result: str) -> None:
-        self._metrics.cache_requests.labels(cache, backend, result).inc()
+        self._requests(cache, backend, result).inc()
 
     def invalidated(self, channel: str) -> None:
         self._metrics.cache_invalidations.labels(channel).inc()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -35,6 +36,8 @@ from prometheus_client.metrics_core import Metric
 
 from tally import __version__
 
+_M = TypeVar("_M", Counter, Gauge, Histogram)
+
 CONTENT_TYPE = CONTENT_TYPE_LATEST  # the Prometheus text format, as generate_latest writes it
 
 REQUEST_BUCKETS = (
@@ -47,6 +50,24 @@ QUERY_BUCKETS = (
 WAIT_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 QUERIES_PER_REQUEST_BUCKETS = (0, 1, 2, 3, 4, 5, 6, 8, 10, 13, 16, 20, 30, 50, 100)
 JOB_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+
+class Children(Generic[_M]):
+    """A labelled metric's children, kept once made: ``labels()`` takes a lock and hashes the
+    labels on every call, and the hot paths (each request, statement and cache call) record a few
+    each. Label values are bounded (see above), so the children are too."""
+
+    __slots__ = ("_children", "_metric")
+
+    def __init__(self, metric: _M) -> None:
+        self._metric: _M = metric
+        self._children: dict[tuple[str, ...], _M] = {}
+
+    def __call__(self, *labels: str) -> _M:
+        child = self._children.get(labels)
+        if child is None:
+            child = self._children[labels] = self._metric.labels(*labels)
+        return child
 
 
 class Metrics:

@@ -8,33 +8,30 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from prometheus_client.metrics import Gauge, Histogram
-
-from tally.observability.metrics import Metrics
+from tally.observability.metrics import Children, Metrics
 
 
 class PoolMetrics:
     """Implements ``ConnectionObserver`` (structurally: the store and this layer are siblings)."""
 
     def __init__(self, metrics: Metrics) -> None:
-        self._waits: dict[str, Histogram] = {}
-        self._in_use: dict[str, Gauge] = {}
+        self._waits = Children(metrics.pool_wait)
+        self._in_use = Children(metrics.pool_in_use)
         self._metrics = metrics
 
     def sized(self, sizes: Mapping[str, int]) -> None:
         """The connections of each role, so that use can be read against them."""
         for role, size in sizes.items():
             self._metrics.pool_size.labels(role).set(size)
-            self._child(role)
+            self._waits(role)
+            self._in_use(role)
 
     def waited(self, role: str, seconds: float) -> None:
-        wait = self._waits.get(role)
-        (wait if wait is not None else self._child(role)[0]).observe(seconds)
+        self._waits(role).observe(seconds)
 
     def holding(self, role: str, delta: int) -> None:
-        # Four calls per request (two transactions, taken and given back): kept to a dict lookup.
-        in_use = self._in_use.get(role)
-        (in_use if in_use is not None else self._child(role)[1]).inc(delta)
+        # Four calls per request (two transactions, taken and given back).
+        self._in_use(role).inc(delta)
 
     def committed_group(self, members: int) -> None:
         self._metrics.commit_group_size.observe(members)
@@ -43,10 +40,3 @@ class PoolMetrics:
         self._metrics.primary_up.set(1 if primary_up else 0)
         for replica, seconds in lags.items():
             self._metrics.replica_lag.labels(replica).set(seconds)
-
-    def _child(self, role: str) -> tuple[Histogram, Gauge]:
-        wait = self._waits.get(role)
-        if wait is None:
-            wait = self._waits[role] = self._metrics.pool_wait.labels(role)
-            self._in_use[role] = self._metrics.pool_in_use.labels(role)
-        return wait, self._in_use[role]

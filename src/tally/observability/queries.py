@@ -18,11 +18,10 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client.metrics import Histogram
 from sqlalchemy import Connection, Engine, event
 
 from tally.observability.logging import get_logger
-from tally.observability.metrics import Metrics
+from tally.observability.metrics import Children, Metrics
 from tally.observability.statements import Shape, shape_of
 
 _log = get_logger("tally.db")
@@ -60,7 +59,7 @@ class QueryTimer:
         self._slow_seconds = None if slow_ms is None else slow_ms / 1000
         self._shapes: dict[str, Shape] = {}
         self._names: set[str] = set()
-        self._children: dict[tuple[str, str], Histogram] = {}
+        self._latency = Children(metrics.query_latency)
 
     def attach(self, engine: Engine, role_of: Callable[[Connection], str]) -> None:
         def before(conn: Connection, *_: Any) -> None:
@@ -80,11 +79,7 @@ class QueryTimer:
 
     def _observe(self, role: str, statement: str, seconds: float) -> None:
         shape = self._shape(statement)
-        child = self._children.get((role, shape.name))
-        if child is None:
-            # ``labels()`` takes a lock and hashes the labels; the child is kept for the next time.
-            child = self._children[role, shape.name] = self._metrics.query_latency.labels(role, shape.name)
-        child.observe(seconds)
+        self._latency(role, shape.name).observe(seconds)
         tally = _tally.get()
         if tally is not None:
             tally.count += 1

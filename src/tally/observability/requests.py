@@ -14,9 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from prometheus_client.metrics import Counter, Histogram
-
-from tally.observability.metrics import Metrics
+from tally.observability.metrics import Children, Metrics
 
 UNMATCHED = "unmatched"  # the route label of a request no route matched (404, or refused earlier)
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -71,10 +69,10 @@ class RequestMetrics:
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
-        # Children of labelled metrics, kept: ``labels()`` takes a lock and hashes every time.
-        self._http: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
-        self._queries: dict[tuple[str, str], Histogram] = {}
-        self._transfers: dict[tuple[str, str], Counter] = {}
+        self._requests = Children(metrics.requests)
+        self._latency = Children(metrics.latency)
+        self._queries = Children(metrics.queries_per_request)
+        self._transfers = Children(metrics.transfers)
 
     def started(self) -> None:
         self._metrics.in_flight.inc()
@@ -84,24 +82,12 @@ class RequestMetrics:
         method = exchange.method if exchange.method in _METHODS else "OTHER"
         route = exchange.route or UNMATCHED
         status_class = f"{min(max(exchange.status // 100, 1), 5)}xx"
-        key = (method, route, status_class)
-        children = self._http.get(key)
-        if children is None:
-            children = self._http[key] = (
-                self._metrics.requests.labels(*key),
-                self._metrics.latency.labels(*key),
-            )
-        children[0].inc()
-        children[1].observe(exchange.seconds)
+        self._requests(method, route, status_class).inc()
+        self._latency(method, route, status_class).observe(exchange.seconds)
         if status_class == "5xx":
-            self._metrics.errors.labels(*key).inc()
+            self._metrics.errors.labels(method, route, status_class).inc()
         if exchange.queries is not None:
-            per_request = self._queries.get((method, route))
-            if per_request is None:
-                per_request = self._queries[method, route] = self._metrics.queries_per_request.labels(
-                    method, route
-                )
-            per_request.observe(exchange.queries)
+            self._queries(method, route).observe(exchange.queries)
         self._business(exchange, route)
 
     def _business(self, exchange: Exchange, route: str) -> None:
@@ -112,8 +98,4 @@ class RequestMetrics:
             self._metrics.rejections.labels(route, code).inc()
         operation = operation_of(exchange.method, exchange.route)
         if operation is not None:
-            key = (operation, outcome_of(exchange))
-            counter = self._transfers.get(key)
-            if counter is None:
-                counter = self._transfers[key] = self._metrics.transfers.labels(*key)
-            counter.inc()
+            self._transfers(operation, outcome_of(exchange)).inc()
