@@ -16,7 +16,10 @@ waits are asynchronous:
   those the cache answers. Once started, a commit is seen through even if the awaiting task is
   cancelled, so nothing touches the connection while the thread has it;
 - group commit (ADR 0035, ``store.commit_groups``): writers queued for the writer lock run in
-  savepoints of one transaction and share its COMMIT.
+  savepoints of one transaction and share its COMMIT;
+- between processes sharing the file (``tally serve --workers N``, ``tally worker``), each group
+  first takes the process's write turn (``store.writer_turn``, ADR 0040), so a process waiting to
+  write wakes when the other's group ends instead of polling for SQLite's lock.
 
 Both waits are reported to a ``ConnectionObserver`` (``store.instrumentation``), and so is each
 connection while a transaction holds it: the writer lock wait and the reader pool are where a
@@ -50,6 +53,7 @@ from tally.store.instrumentation import ConnectionObserver, Unobserved
 from tally.store.migrations import ensure_schema
 from tally.store.sqlite_statements import SqliteStatements, driver_of
 from tally.store.wakeups import Wakeups
+from tally.store.writer_turn import WriterTurn
 
 Clock = Callable[[], int]  # microseconds since the Unix epoch
 _PROGRESS_STEPS = 1000  # SQLite VM instructions between two deadline checks
@@ -124,6 +128,7 @@ class SqliteDatabase:
         self._engine = self._create_engine(synchronous)  # connects nothing yet
         self._statements = SqliteStatements(self._engine.dialect)
         self._writer: Connection | None = None
+        self._turn: WriterTurn | None = None  # in start(), for a file (not ``:memory:``)
         self._readers: asyncio.Queue[Connection] = asyncio.Queue()
         self._write_lock = asyncio.Lock()
         self._queued = 0  # writers waiting for the lock: the open group commits when none is left
@@ -174,6 +179,7 @@ class SqliteDatabase:
         """Open the connections and create the schema where it is missing; data is kept."""
         if self.url.database not in (None, "", ":memory:"):
             Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
+            self._turn = WriterTurn(Path(f"{self.url.database}-turn"))
         engine = self._engine
         writer = self._writer = engine.connect()
         # Other processes on the file (workers, `tally worker`) may hold its write lock right now:
@@ -213,6 +219,8 @@ class SqliteDatabase:
             self._readers.get_nowait().close()
         if self._writer is not None:
             self._writer.close()
+        if self._turn is not None:
+            self._turn.close()
         self._engine.dispose()
 
     def position(self) -> str:
@@ -325,12 +333,20 @@ class SqliteDatabase:
         group.joined(tx.last_event, bool(tx.queues))
 
     async def _open_group(self, conn: Connection) -> CommitGroup:
-        """BEGIN IMMEDIATE a new transaction for this writer and those queued behind it."""
-        await self._begin(conn, time.monotonic() + remaining(self._lock_wait))
+        """BEGIN IMMEDIATE a new transaction for this writer and those queued behind it, in this
+        process's write turn (held until ``_finish``)."""
+        if self._turn is not None:
+            await self._turn.take(remaining(self._lock_wait))
+        try:
+            await self._begin(conn, time.monotonic() + remaining(self._lock_wait))
+        except BaseException:
+            self._give_turn()
+            raise
         try:
             self._catch_up(conn)
         except BaseException:
             conn.rollback()
+            self._give_turn()
             raise
         group = self._group = CommitGroup()
         return group
@@ -389,9 +405,14 @@ class SqliteDatabase:
                 self._observer.committed_group(group.members)
         finally:
             self._group = None
+            self._give_turn()
             group.settle(failure)
         if cancelled:
             raise asyncio.CancelledError
+
+    def _give_turn(self) -> None:
+        if self._turn is not None:
+            self._turn.give()
 
     async def health(self) -> dict[str, str]:
         """``database``: ``ok`` when a read transaction can run, else ``down``."""
