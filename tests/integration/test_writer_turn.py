@@ -58,19 +58,25 @@ async def stored(db: SqliteDatabase, name: str) -> bytes | None:
         return await tx.instance.get(name)
 
 
+async def holding(db: SqliteDatabase) -> tuple[asyncio.Task[None], asyncio.Event]:
+    """A write of ``db`` inside its open group, until the event returned is set; the task ends then."""
+    in_group, release = asyncio.Event(), asyncio.Event()
+
+    async def hold() -> None:
+        async with db.write() as tx:
+            await tx.instance.put_if_absent("first", b"x")
+            in_group.set()
+            await release.wait()
+
+    holder = asyncio.create_task(hold())
+    await in_group.wait()
+    return holder, release
+
+
 async def test_a_writer_waits_for_the_other_process_group_without_polling(tmp_path: Path) -> None:
     path = tmp_path / "turns.db"
     async with running_sqlite(path) as first, running_sqlite(path) as second:
-        in_group, release = asyncio.Event(), asyncio.Event()
-
-        async def hold() -> None:
-            async with first.write() as tx:
-                await tx.instance.put_if_absent("first", b"x")
-                in_group.set()
-                await release.wait()
-
-        holder = asyncio.create_task(hold())
-        await in_group.wait()
+        holder, release = await holding(first)
         with begins_of(second) as begins:
             waiter = asyncio.create_task(put(second, "second"))
             await asyncio.sleep(HOLD_SECONDS)
@@ -106,16 +112,7 @@ async def test_a_turn_that_comes_after_its_writer_gave_up_goes_to_the_next_or_ba
         running_sqlite(path, lock_wait_seconds=2) as second,
         running_sqlite(path, lock_wait_seconds=2) as third,
     ):
-        in_group, release = asyncio.Event(), asyncio.Event()
-
-        async def hold() -> None:
-            async with first.write() as tx:
-                await tx.instance.put_if_absent("first", b"x")
-                in_group.set()
-                await release.wait()
-
-        holder = asyncio.create_task(hold())
-        await in_group.wait()
+        holder, release = await holding(first)
         set_deadline(Deadline(time.monotonic() + 0.1))
         with pytest.raises(DeadlineExceeded):
             await put(second, "late")
@@ -125,10 +122,7 @@ async def test_a_turn_that_comes_after_its_writer_gave_up_goes_to_the_next_or_ba
         # The second's thread got the turn after its writer left, and nobody in it asked: given back.
         await asyncio.wait_for(put(third, "third"), timeout=5)
         # Asked again while the thread still waits, the same thread's turn serves the next writer.
-        in_group.clear()
-        release.clear()
-        holder = asyncio.create_task(hold())
-        await in_group.wait()
+        holder, release = await holding(first)
         set_deadline(Deadline(time.monotonic() + 0.1))
         with pytest.raises(DeadlineExceeded):
             await put(second, "late")
@@ -147,16 +141,7 @@ async def test_a_writer_cancelled_while_waiting_is_cancelled_and_the_turn_is_giv
 ) -> None:
     path = tmp_path / "turns.db"
     async with running_sqlite(path) as first, running_sqlite(path) as second:
-        in_group, release = asyncio.Event(), asyncio.Event()
-
-        async def hold() -> None:
-            async with first.write() as tx:
-                await tx.instance.put_if_absent("first", b"x")
-                in_group.set()
-                await release.wait()
-
-        holder = asyncio.create_task(hold())
-        await in_group.wait()
+        holder, release = await holding(first)
         waiter = asyncio.create_task(put(second, "cancelled"))
         await asyncio.sleep(0.05)
         waiter.cancel()
