@@ -13,6 +13,8 @@ must hold:
 from __future__ import annotations
 
 import asyncio
+import errno
+import fcntl
 import subprocess
 import sys
 import time
@@ -185,3 +187,21 @@ async def test_a_process_killed_holding_the_turn_loses_it(tmp_path: Path) -> Non
         holder.wait()
         if holder.stdout is not None:
             holder.stdout.close()
+
+
+async def test_without_flock_the_file_s_own_lock_decides(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Some network file systems refuse ``flock`` (ENOLCK): writes go on, ordered by SQLite alone."""
+
+    def refused(_fd: int, _operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", refused)
+    path = tmp_path / "turns.db"
+    async with running_sqlite(path) as first, running_sqlite(path) as second:
+        await asyncio.gather(
+            *(put(db, f"{name}-{n}") for n in range(5) for db, name in ((first, "a"), (second, "b")))
+        )
+        assert await stored(first, "b-4") == b"x"
+        assert await stored(second, "a-4") == b"x"

@@ -53,6 +53,8 @@ class WriterTurn:
                 fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 self._arriving = self._wait_in_thread()
+            except OSError:  # no flock here (some network file systems): SQLite's lock decides alone
+                return
             else:
                 self._held = True
                 return
