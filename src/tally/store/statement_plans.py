@@ -25,7 +25,7 @@ matched by name or with duplicate names.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -178,11 +178,7 @@ class StatementPlans:
             )
             for number, one in enumerate(sets or [{}])
         ]
-        sql, positions, processors = compiled.string, plan.positions, plan.processors
-        if plan.expanding:  # rewrites values[0] in place, as SQLAlchemy's execution does
-            expanded = compiled._process_parameters_for_postcompile(values[0])
-            sql, processors = expanded.statement, {**processors, **expanded.processors}
-            positions = expanded.positiontup if positions is not None else None
+        sql, positions, processors, _ = _expanded(compiled, plan, values[0])
         if positions is not None:
             driver: list[Any] = [
                 tuple(processors[key](given[key]) if key in processors else given[key] for key in positions)
@@ -223,21 +219,14 @@ class StatementPlans:
                 return _UNBINDABLE
             else:
                 places[name] = (None, None)
-        sql, order, processors = compiled.string, plan.positions, plan.processors
-        lists: tuple[str, ...] = ()
-        if plan.expanding:  # rewrites values in place: each list becomes one parameter per item
-            expanded = compiled._process_parameters_for_postcompile(values)
-            sql, processors = expanded.statement, {**processors, **expanded.processors}
-            order = expanded.positiontup if order is not None else None
-            lists = tuple(
-                key for name in expanded.parameter_expansion if (key := places[name][0]) is not None
-            )
-            for name, items in expanded.parameter_expansion.items():
-                key = places[name][0]
-                for index, item in enumerate(items):
-                    if key is not None and not _is_item(given[key], index, values[item]):
-                        return _UNBINDABLE  # not a plain list of values (tuples, say)
-                    places[item] = (key, index) if key is not None else (None, None)
+        sql, order, processors, expansion = _expanded(compiled, plan, values)
+        lists = tuple(key for name in expansion if (key := places[name][0]) is not None)
+        for name, items in expansion.items():
+            key = places[name][0]
+            for index, item in enumerate(items):
+                if key is not None and not _is_item(given[key], index, values[item]):
+                    return _UNBINDABLE  # not a plain list of values (tuples, say)
+                places[item] = (key, index) if key is not None else (None, None)
         names = list(values) if order is None else list(order)
         return _Binding(
             sql,
@@ -280,6 +269,26 @@ def _bound(binding: _Binding, sets: list[Mapping[str, Any]], many: bool) -> Prep
     names = binding.names
     driver: list[Any] = rows if names is None else [dict(zip(names, row, strict=True)) for row in rows]
     return Prepared(binding.sql, driver if many else driver[0], many, binding.metadata, binding.hidden)
+
+
+def _expanded(
+    compiled: SQLCompiler, plan: _Plan, values: MutableMapping[str, Any]
+) -> tuple[str, Sequence[str] | None, Processors, Mapping[str, list[str]]]:
+    """The SQL text, positional order, processors and IN-list expansion for one call's ``values``.
+
+    With IN lists, SQLAlchemy's post-compile step rewrites ``values`` in place, as its own
+    execution does: each list becomes one parameter per item (``parameter_expansion`` names them).
+    """
+    if not plan.expanding:
+        return compiled.string, plan.positions, plan.processors, {}
+    expanded = compiled._process_parameters_for_postcompile(values)
+    positions = expanded.positiontup if plan.positions is not None else None
+    return (
+        expanded.statement,
+        positions,
+        {**plan.processors, **expanded.processors},
+        expanded.parameter_expansion,
+    )
 
 
 def _is_item(given: Any, index: int, value: Any) -> bool:

@@ -40,10 +40,6 @@ class WriterTurn:
         self._arriving: asyncio.Future[bool] | None = None  # a thread blocked in flock for us
         self._askers = 0
 
-    @property
-    def held(self) -> bool:
-        return self._held
-
     async def take(self, seconds: float) -> None:
         """Wait up to ``seconds`` for this process's turn; ``DeadlineExceeded`` past them."""
         if self._held:
