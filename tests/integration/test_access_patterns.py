@@ -26,6 +26,7 @@ from tally.bootstrap import Tally
 from tally.jobs.idempotency import PurgeIdempotencyKeys
 from tally.jobs.runs import new_owner, run_batch_job
 from tally.jobs.statements import StatementsJob
+from tally.services.events import events_after
 from tally.services.holds import expire_due_holds
 from tests.pg_cluster import require_postgres
 from tests.support import BACKENDS, ROOT, LedgerKeys, idem, new_ledger, open_account, settings_for, transfer
@@ -43,6 +44,10 @@ EXPECTED = [
     ("idempotency record", "WHERE idempotency_keys.ledger_id =", "(ledger_id=? AND key=?)"),
     ("next hold expiry of an account", "min(holds.expires_at)", "ix_holds_account_pk_expires_at"),
     ("the feed's tail", "ORDER BY events.xid DESC", "ix_events_xid_pk"),
+    # The feed resumes at its position: both columns sought, not the first only (read from the start).
+    ("feed positions of every ledger", "SELECT events.xid, events.pk \nFROM events \nWHERE events.xid = ?", "(xid=? AND pk>?)"),
+    ("a ledger's feed after a position", "events.ledger_id = ? AND events.xid = ?", "(ledger_id=? AND xid=? AND pk>?)"),
+    ("events by pk", "WHERE events.pk IN (", "INTEGER PRIMARY KEY"),
     ("usage of a key", "FROM key_usage", "(key_id=?)"),
     ("accounts with entries on a day", "AND account_pk > ?", "ix_entries_created_at_account_pk"),
     ("an account's statements by day", "FROM statements", "(account_pk=? AND day>? AND day<?)"),
@@ -107,6 +112,10 @@ async def _workload(client: httpx.AsyncClient) -> LedgerKeys:
         if cursor:
             sep = "&" if "?" in path else "?"
             assert (await client.get(f"{path}{sep}cursor={cursor}", headers=ledger.read)).is_success
+    for types in ("", "&type=transfer.created"):  # the ledger's feed, from its start and then on
+        page = (await client.get(f"/v1/events?limit=2{types}", headers=ledger.read)).json()
+        more = await client.get(f"/v1/events?limit=2{types}&after={page['next_cursor']}", headers=ledger.read)
+        assert more.status_code == 200, more.text
     keys = await client.get(f"/v1/ledgers/{ledger.ledger_id}/keys", headers=ledger.admin)
     key_id = keys.json()["data"][-1]["id"]
     rotate = f"/v1/ledgers/{ledger.ledger_id}/keys/{keys.json()['data'][-2]['id']}/rotate"
@@ -227,6 +236,9 @@ async def _statements_of_the_workload(tmp_path: Path) -> dict[str, Any]:
             assert await expire_due_holds(tally.database) == 1  # the sweeper's own queries
             await _daily_statements(tally, client, ledger)
             await _batch_job_runs(tally)
+            # Events of another process, read as the outbox invalidation reads them (its own it skips).
+            _, others = await events_after(tally.database, None, ["transfer.created"], 10, skip=())
+            assert others
     assert len(seen) >= 15, "the workload should reach every repository query"
     return seen
 

@@ -146,15 +146,16 @@ class OutboxInvalidation:
         if not self._started:
             self._position, self._started = await feed_tail(self._database), True
         while True:
-            events = await events_after(self._database, self._position, _FEED_TYPES, _FEED_PAGE)
-            others = [event for event in events if event.pk not in self._own]
-            self._own.difference_update(event.pk for event in events)
+            positions, others = await events_after(
+                self._database, self._position, _FEED_TYPES, _FEED_PAGE, skip=self._own
+            )
+            self._own.difference_update(position.pk for position in positions)
             if others:
                 await apply(self._local, drops_of(others), self._keep)
                 self._count("outbox")
-            if events:
-                self._position = events[-1].position
-            if len(events) < _FEED_PAGE:
+            if positions:
+                self._position = positions[-1]
+            if len(positions) < _FEED_PAGE:
                 return
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass
 
 from tally.domain.errors import ValidationFailed
@@ -36,8 +36,11 @@ async def feed_tail(database: Database) -> FeedPosition | None:
 
 
 async def events_after(
-    database: Database, after: FeedPosition | None, types: Sequence[str], limit: int
-) -> list[Event]:
-    """The next events of every ledger after ``after``, in feed order (internal consumers)."""
+    database: Database, after: FeedPosition | None, types: Sequence[str], limit: int, skip: Container[int]
+) -> tuple[list[FeedPosition], list[Event]]:
+    """The positions of the next ``limit`` events of every ledger after ``after``, in feed order, and
+    those events but the ones whose pk is in ``skip``, which are never read (internal consumers)."""
     async with database.read() as tx:
-        return await tx.events.feed(None, after, types, limit)
+        positions = await tx.events.positions(after, types, limit)
+        wanted = [position.pk for position in positions if position.pk not in skip]
+        return positions, await tx.events.get_many(wanted) if wanted else []

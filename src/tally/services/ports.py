@@ -326,6 +326,16 @@ class EventRepository(Protocol):
         """
         ...
 
+    async def positions(
+        self, after: FeedPosition | None, types: Sequence[str] | None, limit: int
+    ) -> list[FeedPosition]:
+        """The positions ``feed`` would serve (every ledger's), without reading the events."""
+        ...
+
+    async def get_many(self, pks: Sequence[int]) -> list[Event]:
+        """The events of these pks, in feed order."""
+        ...
+
     async def get(self, pk: int) -> Event | None: ...
 
     async def tail(self) -> FeedPosition | None:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, bindparam, insert, literal_column, select, tuple_
+from sqlalchemy import ColumnElement, Select, bindparam, insert, literal_column, select, tuple_
 
 from tally.domain.ids import new_id
 from tally.services.ports import Event, FeedPosition, NewEvent
@@ -80,18 +80,43 @@ class SqlEventRepository(SqlRepository):
     async def feed(
         self, ledger_id: str | None, after: FeedPosition | None, types: Sequence[str] | None, limit: int
     ) -> list[Event]:
+        query, params = self._feed(select(_ev), ledger_id, after, types, limit)
+        return [_event(row) for row in (await self._conn.execute(query, params)).all()]
+
+    async def positions(
+        self, after: FeedPosition | None, types: Sequence[str] | None, limit: int
+    ) -> list[FeedPosition]:
+        query, params = self._feed(select(_ev.c.xid, _ev.c.pk), None, after, types, limit)
+        return [FeedPosition(row.xid, row.pk) for row in (await self._conn.execute(query, params)).all()]
+
+    async def get_many(self, pks: Sequence[int]) -> list[Event]:
+        query = select(_ev).where(_ev.c.pk.in_(bindparam("pks", expanding=True))).order_by(_ev.c.xid, _ev.c.pk)
+        return [_event(row) for row in (await self._conn.execute(query, {"pks": list(pks)})).all()]
+
+    def _feed(
+        self,
+        query: Select[Any],
+        ledger_id: str | None,
+        after: FeedPosition | None,
+        types: Sequence[str] | None,
+        limit: int,
+    ) -> tuple[Select[Any], dict[str, int]]:
+        """``query`` over the feed: its next ``limit`` rows after ``after``, in feed order."""
         conditions: list[ColumnElement[bool]] = []
         if ledger_id is not None:
             conditions.append(_ev.c.ledger_id == ledger_id)
-        if after is not None:
+        if after is not None and self._postgres:
             conditions.append(tuple_(_ev.c.xid, _ev.c.pk) > tuple_(bindparam("a_xid"), bindparam("a_pk")))
+        elif after is not None:
+            # Every xid is 0 here, and SQLite (3.40) seeks an index on a row value's first column
+            # only: ``(xid, pk) > (0, ?)`` read the feed from its start on every call.
+            conditions += [_ev.c.xid == bindparam("a_xid"), _ev.c.pk > bindparam("a_pk")]
         if types:
             conditions.append(_ev.c.type.in_(list(types)))
         if self._postgres:
             conditions.append(_ev.c.xid < _HORIZON)
-        query = select(_ev).where(*conditions).order_by(_ev.c.xid, _ev.c.pk).limit(limit)
         params = {"a_xid": after.xid, "a_pk": after.pk} if after is not None else {}
-        return [_event(row) for row in (await self._conn.execute(query, params)).all()]
+        return query.where(*conditions).order_by(_ev.c.xid, _ev.c.pk).limit(limit), params
 
     async def get(self, pk: int) -> Event | None:
         row = (await self._conn.execute(select(_ev).where(_ev.c.pk == pk))).first()
