@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -337,3 +337,11 @@ async def funded_account(client: httpx.AsyncClient, keys: LedgerKeys, account_id
     await open_account(client, keys.write, id=account_id)
     funded = await transfer(client, keys.write, "world", account_id, amount)
     assert funded.status_code == 201, funded.text
+
+
+def assert_no_defaults(value: Any) -> None:
+    """Every field of the dataclass ``value`` that has a default is set to something else, so that a
+    hand-written copy which loses a field shows in a comparison with ``dataclasses.replace``."""
+    for f in fields(value):
+        if f.default is not MISSING:
+            assert getattr(value, f.name) != f.default, f"set {f.name} in the test's sample"

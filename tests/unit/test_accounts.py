@@ -27,6 +27,7 @@ from tally.domain.errors import (
 )
 from tally.domain.money import INT64_MAX
 from tally.domain.postings import Movement, apply
+from tests.support import assert_no_defaults
 
 CREDIT = NormalBalance.CREDIT
 DEBIT = NormalBalance.DEBIT
@@ -240,3 +241,25 @@ def test_bounds_the_balance_keeps_are_applied_without_moving_the_version() -> No
 def test_a_change_that_sets_nothing_returns_an_equal_account() -> None:
     same = account()
     assert change(same, status=AccountStatus.OPEN) == same
+
+
+def test_a_new_balance_keeps_every_other_field_of_the_account() -> None:
+    before = replace(account(version=4), request_hash=b"hash", metadata={"k": "v"})
+    assert_no_defaults(before)
+    balance = Balance(posted=5, pending_debits=1, pending_credits=2)
+
+    assert before.with_balance(balance) == replace(before, balance=balance, version=5)
+
+
+@pytest.mark.parametrize("kind", list(EntryKind))
+@pytest.mark.parametrize("direction", list(Direction))
+def test_a_movement_changes_one_part_of_a_balance_and_keeps_the_others(kind: EntryKind, direction: Direction) -> None:
+    before = Balance(posted=100, pending_debits=10, pending_credits=20)
+    moved = before.moved(CREDIT, kind, direction, 3)
+
+    if kind is EntryKind.POSTING:
+        expected = replace(before, posted=100 + signed(CREDIT, direction, 3))
+    else:
+        part = "pending_debits" if direction is Direction.DEBIT else "pending_credits"
+        expected = replace(before, **{part: getattr(before, part) + (3 if kind is EntryKind.HOLD else -3)})
+    assert moved == expected

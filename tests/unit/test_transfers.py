@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -25,7 +26,8 @@ from tally.domain.errors import (
     ValidationFailed,
 )
 from tally.domain.money import INT64_MAX
-from tally.domain.transfers import LegRequest, TransferRequest, plan
+from tally.domain.transfers import Leg, LegRequest, Transfer, TransferRequest, TransferStatus, plan
+from tests.support import assert_no_defaults
 
 DEBIT = Direction.DEBIT
 CREDIT = Direction.CREDIT
@@ -185,3 +187,26 @@ def test_a_plan_leaves_the_accounts_it_was_given_untouched() -> None:
     plan(simple("world", "alice", 9), accounts)
     assert accounts["alice"].balance.posted == 0
     assert accounts["world"].version == 0
+
+
+def test_a_stored_transfer_keeps_every_field_but_its_pk() -> None:
+    legs = (Leg("world", DEBIT, 5, "USD"), Leg("alice", CREDIT, 5, "USD"))
+    before = Transfer(
+        pk=0,
+        ledger_id="led_1",
+        id="tr_1",
+        status=TransferStatus.PENDING,
+        legs=legs,
+        description="d",
+        metadata={"k": "v"},
+        reverses="tr_0",
+        reversed_amount=1,
+        expires_at=T0,
+        created_at=T0,
+        posted_at=T0,
+        request_hash=b"hash",
+        held_amount=5,
+    )
+    assert_no_defaults(before)
+
+    assert before.stored_as(9) == replace(before, pk=9)

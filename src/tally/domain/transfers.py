@@ -118,6 +118,25 @@ class Transfer:
             self.status is TransferStatus.PENDING and self.expires_at is not None and self.expires_at <= now
         )
 
+    def stored_as(self, pk: int) -> Transfer:
+        """The transfer with the pk its row got (built directly: ``replace`` costs three times as much)."""
+        return Transfer(
+            pk=pk,
+            ledger_id=self.ledger_id,
+            id=self.id,
+            status=self.status,
+            legs=self.legs,
+            description=self.description,
+            metadata=self.metadata,
+            reverses=self.reverses,
+            reversed_amount=self.reversed_amount,
+            expires_at=self.expires_at,
+            created_at=self.created_at,
+            posted_at=self.posted_at,
+            request_hash=self.request_hash,
+            held_amount=self.held_amount,
+        )
+
     def seen_at(self, now: datetime) -> Transfer:
         """The transfer as it reads at ``now``: a due hold is expired, whether or not it was swept."""
         return replace(self, status=TransferStatus.EXPIRED) if self.is_due(now) else self

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -144,7 +143,7 @@ class SqlTransferRepository(SqlRepository):
         self._tx.mark_written()
         rows = await self._conn.execute(_insert, [_row(transfer, reverses_pk) for transfer, _ in transfers])
         pks = {row.id: row.pk for row in rows}
-        added = [(replace(transfer, pk=pks[transfer.id]), account_pks) for transfer, account_pks in transfers]
+        added = [(transfer.stored_as(pks[transfer.id]), account_pks) for transfer, account_pks in transfers]
         await self._conn.execute(
             _insert_legs, [leg for transfer, account_pks in added for leg in _leg_rows(transfer, account_pks)]
         )
