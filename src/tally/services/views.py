@@ -6,6 +6,7 @@ Timestamps are RFC 3339 UTC with microseconds (``2026-11-29T20:06:24.123456Z``).
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from tally.domain.accounts import Account, Direction
@@ -17,8 +18,11 @@ JsonObject = dict[str, Any]
 
 
 def timestamp(value: datetime | None) -> str | None:
-    if value is None:
-        return None
+    return None if value is None else _rfc3339(value)
+
+
+@lru_cache(maxsize=4096)  # a transfer's times are its transaction's: a batch's thousand share one
+def _rfc3339(value: datetime) -> str:
     # isoformat, not strftime("%Y"): glibc writes the year 250 as "250", and RFC 3339 needs four digits.
     return value.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
@@ -77,10 +81,11 @@ def transfer_view(transfer: Transfer) -> JsonObject:
         ],
     }
     if transfer.is_simple:  # a two-leg transfer also reads in the simple form
-        debit, credit = sorted(transfer.legs, key=lambda leg: leg.direction is Direction.CREDIT)
+        first, second = transfer.legs
+        debit, credit = (first, second) if first.direction is Direction.DEBIT else (second, first)
         view["debit_account_id"] = debit.account_id
         view["credit_account_id"] = credit.account_id
-        view["amount"] = transfer.amount
+        view["amount"] = debit.amount
         view["currency"] = debit.currency
     view.update(
         {
