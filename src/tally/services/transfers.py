@@ -28,7 +28,7 @@ from tally.domain.postings import Change, settled
 from tally.domain.transfers import Transfer, TransferRequest, TransferStatus, plan
 from tally.services.ports import Database, HeldLeg, NewEvent, Page, Transaction
 from tally.services.postings import lock_accounts, new_entries
-from tally.services.views import transfer_view
+from tally.services.views import JsonObject, transfer_view
 
 
 async def create_transfer(
@@ -49,7 +49,7 @@ async def create_transfer(
     decided = _decide(ledger_id, request, accounts, known, now=now, request_hash=request_hash)
     if isinstance(decided, Transfer):
         return decided, False
-    [transfer] = await _write(tx, ledger_id, [decided], now=now, request_id=request_id)
+    [(transfer, _)] = await _write(tx, ledger_id, [decided], now=now, request_id=request_id)
     return transfer, True
 
 
@@ -115,9 +115,10 @@ def _decide(
 
 async def _write(
     tx: Transaction, ledger_id: str, drafts: Sequence[_Draft], *, now: datetime, request_id: str | None
-) -> list[Transfer]:
+) -> list[tuple[Transfer, JsonObject]]:
     """Write the drafts, one statement per table however many there are: the balances as the last
-    draft left them, then the transfers, their legs, entries, holds and events."""
+    draft left them, then the transfers, their legs, entries, holds and events. Returns each
+    transfer with its view (its event's data, which a response may show as it is)."""
     final: dict[int, Account] = {}
     for draft in drafts:
         final.update((account.pk, account) for account in draft.change.accounts.values())
@@ -137,14 +138,11 @@ async def _write(
     ]
     if held:
         await tx.holds.add(held)
+    views = [transfer_view(transfer) for transfer in transfers]
     await tx.events.add_many(
-        [
-            NewEvent(ledger_id, "transfer.created", transfer_view(transfer), request_id)
-            for transfer in transfers
-        ],
-        now,
+        [NewEvent(ledger_id, "transfer.created", view, request_id) for view in views], now
     )
-    return transfers
+    return list(zip(transfers, views, strict=True))
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +160,7 @@ class ItemOutcome:
     status: Literal["created", "exists", "error"]
     transfer: Transfer | None = None
     error: TallyError | None = None
+    view: JsonObject | None = None  # the transfer's view, when it was made with it (created now)
 
 
 async def create_batch(
@@ -208,16 +207,22 @@ async def create_batch(
         raise BatchFailed(failures)
     if not drafts:
         return outcomes
-    written = {t.id: t for t in await _write(tx, ledger_id, drafts, now=now, request_id=request_id)}
+    written = {
+        t.id: (t, view) for t, view in await _write(tx, ledger_id, drafts, now=now, request_id=request_id)
+    }
     # Outcomes name drafts (pk 0); a repeat of a transfer created earlier in this batch, too.
     return [_written_in(outcome, written, now) for outcome in outcomes]
 
 
-def _written_in(outcome: ItemOutcome, written: dict[str, Transfer], now: datetime) -> ItemOutcome:
+def _written_in(
+    outcome: ItemOutcome, written: dict[str, tuple[Transfer, JsonObject]], now: datetime
+) -> ItemOutcome:
     if outcome.transfer is None or outcome.transfer.pk != 0:
         return outcome
-    stored = written[outcome.transfer.id]
-    return replace(outcome, transfer=stored if outcome.status == "created" else stored.seen_at(now))
+    stored, view = written[outcome.transfer.id]
+    if outcome.status == "created":
+        return replace(outcome, transfer=stored, view=view)
+    return replace(outcome, transfer=stored.seen_at(now))
 
 
 async def get_transfer(database: Database, ledger_id: str, transfer_id: str) -> Transfer:

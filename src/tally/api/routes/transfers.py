@@ -128,7 +128,7 @@ def batch_result(outcome: transfers.ItemOutcome) -> JsonObject:
     """One item's result, as both batch routes answer it."""
     result: JsonObject = {"index": outcome.index, "status": outcome.status}
     if outcome.transfer is not None:
-        result["transfer"] = transfer_view(outcome.transfer)
+        result["transfer"] = outcome.view if outcome.view is not None else transfer_view(outcome.transfer)
     if outcome.error is not None:
         problem = problem_for(outcome.error)
         result["error"] = {"code": problem.code, "detail": outcome.error.detail or problem.title}
