@@ -15,7 +15,8 @@ A statement object that comes back (the repositories build theirs once, at impor
 second time it is seen with the same parameter keys: where each driver parameter comes from (a key
 of the call's parameters, or a value the statement itself holds) and its bind processor. Later
 calls skip SQLAlchemy's cache key lookup and ``construct_params`` and only pick their values.
-Statements with IN lists, or with a bind whose value is computed per call, are not bound.
+A statement with IN lists is bound once per lengths of its lists (up to ``LENGTHS``). Not bound:
+a bind whose value is computed per call, values rendered into the SQL text, IN lists of tuples.
 
 ``prepare`` answers ``None`` for what the plan does not cover, which the executors send through
 SQLAlchemy unchanged: text statements, Python-side column defaults, executemany with RETURNING or
@@ -78,7 +79,7 @@ class _Binding:
 
 
 _UNBOUND = object()  # a statement seen once with these keys
-_UNBINDABLE = object()  # one that cannot be bound (IN lists, a value computed per call)
+_UNBINDABLE = object()  # one that cannot be bound (a value computed per call, IN lists of tuples)
 _Key = tuple[int, bool, tuple[str, ...]]  # the statement's id, executemany, the parameters' keys
 
 
@@ -121,19 +122,17 @@ class StatementPlans:
             if len(self._bindings) >= 2 * CACHE_SIZE:
                 self._bindings.clear()  # statements built per call; the reused ones come back
             self._bindings[key] = (statement, _UNBOUND)
-        elif isinstance(known[1], _Binding):
-            binding: Any = known[1]
-            if binding.lists:
-                binding = self._of_lengths(binding, statement, sets)
-            bound = _bound(binding, sets, many) if binding is not None else None
-            if bound is not None:
-                return bound
-        elif known[1] is _UNBOUND:
-            made = self._bind(statement, sets, many)
-            if isinstance(made, _Binding) and made.lists:
-                made.lengths[tuple(len(sets[0][key]) for key in made.lists)] = made
-            self._bindings[key] = (statement, made)
-        return self._prepare(statement, sets, many)
+            return self._prepare(statement, sets, many)
+        binding: object | None = known[1]
+        if binding is _UNBOUND:  # the second call: bound now, and answered through its binding
+            binding = self._bind(statement, sets, many)
+            if isinstance(binding, _Binding) and binding.lists:
+                binding.lengths[tuple(len(sets[0][key]) for key in binding.lists)] = binding
+            self._bindings[key] = (statement, binding)
+        elif isinstance(binding, _Binding) and binding.lists:
+            binding = self._of_lengths(binding, statement, sets)
+        bound = _bound(binding, sets, many) if isinstance(binding, _Binding) else None
+        return bound if bound is not None else self._prepare(statement, sets, many)
 
     def _of_lengths(
         self, first: _Binding, statement: ClauseElement, sets: list[Mapping[str, Any]]
