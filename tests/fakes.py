@@ -367,13 +367,21 @@ class FakeIdempotencyRepository(_Repository):
     async def get(self, ledger_id: str, key: str) -> IdempotencyRecord | None:
         return self._state.idempotency.get((ledger_id, key))
 
+    async def get_many(self, ledger_id: str, keys: Sequence[str]) -> dict[str, IdempotencyRecord]:
+        found = ((key, self._state.idempotency.get((ledger_id, key))) for key in keys)
+        return {key: record for key, record in found if record is not None}
+
     async def add(self, record: IdempotencyRecord, *, keep_until: datetime) -> None:
-        slot = (record.ledger_id, record.key)
-        if slot in self._state.idempotency:
-            raise ValueError(f"duplicate idempotency key {slot}")  # the SQL primary key
+        await self.add_many([record], keep_until=keep_until)
+
+    async def add_many(self, records: Sequence[IdempotencyRecord], *, keep_until: datetime) -> None:
+        slots = [(record.ledger_id, record.key) for record in records]
+        if len(set(slots)) < len(slots) or any(slot in self._state.idempotency for slot in slots):
+            raise ValueError(f"duplicate idempotency key among {slots}")  # the SQL primary key
         self._written()
-        self._state.idempotency[slot] = record
-        self._state.keep_until[slot] = keep_until
+        for slot, record in zip(slots, records, strict=True):
+            self._state.idempotency[slot] = record
+            self._state.keep_until[slot] = keep_until
 
     async def count_expired(self, before: datetime) -> int:
         return sum(1 for until in self._state.keep_until.values() if until < before)

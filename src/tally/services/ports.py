@@ -271,7 +271,16 @@ class EntryRepository(Protocol):
 
 class IdempotencyRepository(Protocol):
     async def get(self, ledger_id: str, key: str) -> IdempotencyRecord | None: ...
+
+    async def get_many(self, ledger_id: str, keys: Sequence[str]) -> dict[str, IdempotencyRecord]:
+        """The records of those of ``keys`` that have one, by key."""
+        ...
+
     async def add(self, record: IdempotencyRecord, *, keep_until: datetime) -> None: ...
+
+    async def add_many(self, records: Sequence[IdempotencyRecord], *, keep_until: datetime) -> None:
+        """Insert every record in one statement (a key already stored fails it: the primary key)."""
+        ...
 
     async def count_expired(self, before: datetime) -> int:
         """How many records have a ``keep_until`` before ``before``."""

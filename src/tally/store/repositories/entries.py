@@ -39,6 +39,14 @@ _balance_at = (
 )
 _insert_key = insert(_k)
 _key_by_name = select(_k).where(_k.c.ledger_id == bindparam("ledger_id"), _k.c.key == bindparam("key"))
+_keys_by_name = select(_k).where(
+    _k.c.ledger_id == bindparam("ledger_id"), _k.c.key.in_(bindparam("keys", expanding=True))
+)
+
+
+def _record(row: Any) -> IdempotencyRecord:
+    reply = StoredReply(row.status, row.body)
+    return IdempotencyRecord(row.ledger_id, row.key, row.fingerprint, reply, from_micros(row.created_at))
 
 
 def _entry(row: Any) -> Entry:  # a Row of entries + transfer_id
@@ -103,29 +111,32 @@ class SqlEntryRepository(SqlRepository):
 class SqlIdempotencyRepository(SqlRepository):
     async def get(self, ledger_id: str, key: str) -> IdempotencyRecord | None:
         row = (await self._conn.execute(_key_by_name, {"ledger_id": ledger_id, "key": key})).first()
-        if row is None:
-            return None
-        return IdempotencyRecord(
-            row.ledger_id,
-            row.key,
-            row.fingerprint,
-            StoredReply(row.status, row.body),
-            from_micros(row.created_at),
-        )
+        return None if row is None else _record(row)
+
+    async def get_many(self, ledger_id: str, keys: Sequence[str]) -> dict[str, IdempotencyRecord]:
+        rows = await self._conn.execute(_keys_by_name, {"ledger_id": ledger_id, "keys": list(keys)})
+        return {row.key: _record(row) for row in rows}
 
     async def add(self, record: IdempotencyRecord, *, keep_until: datetime) -> None:
+        await self.add_many([record], keep_until=keep_until)
+
+    async def add_many(self, records: Sequence[IdempotencyRecord], *, keep_until: datetime) -> None:
         self._tx.mark_written()
+        until = to_micros(keep_until)
         await self._conn.execute(
             _insert_key,
-            {
-                "ledger_id": record.ledger_id,
-                "key": record.key,
-                "fingerprint": record.fingerprint,
-                "status": record.reply.status,
-                "body": record.reply.body,
-                "created_at": to_micros(record.created_at),
-                "keep_until": to_micros(keep_until),
-            },
+            [
+                {
+                    "ledger_id": record.ledger_id,
+                    "key": record.key,
+                    "fingerprint": record.fingerprint,
+                    "status": record.reply.status,
+                    "body": record.reply.body,
+                    "created_at": to_micros(record.created_at),
+                    "keep_until": until,
+                }
+                for record in records
+            ],
         )
 
     async def count_expired(self, before: datetime) -> int:
