@@ -23,11 +23,13 @@ from tally.jobs.scheduler import Scheduler, scheduler_from
 from tally.observability.context import set_job
 from tally.observability.logging import configure_logging, get_logger
 from tally.observability.loop_lag import watch_loop_lag
+from tally.observability.queries import current_tally, start_tally
 from tally.observability.telemetry import Telemetry
 from tally.services.holds import expire_due_holds
 from tally.services.idempotency import IdempotentExecutor
 from tally.services.job_run_ports import RunStatus
 from tally.services.ledgers import Authenticator, KeyUsage, root_key_hash
+from tally.services.transfer_groups import GroupHooks, TransferGroups
 from tally.store.breaker import Breaker
 from tally.store.instrumentation import ConnectionObserver
 from tally.store.postgres import PostgresDatabase
@@ -58,6 +60,17 @@ class Tally:
         if self.telemetry is not None:
             self.telemetry.instrument(self.database)
         self.executor = IdempotentExecutor(self.database)
+        limit = settings.transfer_group_limit
+        # SQLite has one writer: one group at a time. PostgreSQL runs a few side by side, so that a
+        # group waiting for a row lock does not hold up transfers of other accounts (ADR 0042).
+        runners = 1 if isinstance(self.database, SqliteDatabase) else min(4, settings.pool_size)
+        self.transfer_groups = (
+            TransferGroups(
+                self.database, self.executor, limit=limit, runners=runners, hooks=self.group_hooks()
+            )
+            if limit > 1
+            else None
+        )
         self._announce_root_key = announce_root_key
         self.generated_root_key: str | None = None
         self._authenticator: Authenticator | None = None
@@ -86,6 +99,12 @@ class Tally:
         self.webhooks = webhook_parts(settings, self.database, self.database.wakeups)
         # Per-key rate limits (ADR 0029); None when TALLY_RATE_LIMIT=off. Connects on first use.
         self.rate_limiter = build_rate_limiter(settings, count=_rate_limit_counter(self.telemetry))
+
+    def group_hooks(self) -> GroupHooks | None:
+        """Each grouped request's access line counts its group's statements; group sizes measured."""
+        if self.telemetry is None:
+            return None
+        return GroupHooks(current_tally, start_tally, self.telemetry.metrics.transfer_group_size.observe)
 
     @property
     def authenticator(self) -> Authenticator:
@@ -206,6 +225,8 @@ class Tally:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        if self.transfer_groups is not None:
+            await self.transfer_groups.stop()
         await self._flush_usage()
         await self.caches.stop()
         await self.database.stop()

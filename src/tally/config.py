@@ -96,6 +96,15 @@ class Settings(BaseSettings):
         le=1000,
         description="Most write transactions one SQLite COMMIT may carry (group commit); 1 turns it off.",
     )
+    transfer_group_limit: int = Field(
+        default=32,
+        ge=1,
+        le=32,
+        description=(
+            "Most concurrent POST /v1/transfers written in one transaction (coalesced, ADR 0042); "
+            "1 writes each alone."
+        ),
+    )
     hold_sweep_seconds: float = Field(
         default=1.0,
         gt=0,

@@ -40,7 +40,10 @@ SINKS = 8
 async def test_concurrent_transfers_share_commits_yet_each_applies_once_and_rejections_stay_their_own(
     tmp_path: Path,
 ) -> None:
-    async with asgi_client(settings_for(tmp_path, database_url=f"sqlite:///{tmp_path / 'g.db'}")) as client:
+    # Each request its own write transaction, so that they queue for SQLite's writer; coalesced
+    # into groups of transfers (ADR 0042), they would share transactions before the COMMIT does.
+    settings = settings_for(tmp_path, database_url=f"sqlite:///{tmp_path / 'g.db'}", transfer_group_limit=1)
+    async with asgi_client(settings) as client:
         keys = await new_ledger(client)
         await funded_account(client, keys, "source", FUNDS)
         for sink in range(SINKS):

@@ -222,3 +222,34 @@ async def test_a_request_that_cannot_get_a_connection_in_its_budget_is_a_504_wit
             assert again.content == retried.content
             assert [await balance(a) for a in ("savings", "bank")] == [450, 250]
             assert len(await listed(client, "/v1/accounts/bank/entries", ledger.read)) == 1
+
+
+async def test_a_group_of_transfers_waiting_for_a_row_lock_holds_up_no_transfer_of_other_accounts() -> None:
+    # On PostgreSQL several groups are written side by side (ADR 0042): one stuck behind a row
+    # lock leaves the others to go on. With one runner, the second transfer would queue behind the
+    # first until its budget ended.
+    require_postgres()
+    cluster = BACKENDS.cluster()
+    with fresh_database(cluster) as database:
+        async with plain_asgi_client(settings_on(cluster, database), token_session()) as client:
+            ledger = await new_ledger(client)
+            await funded_account(client, ledger, "wallet", 1000)
+            for account in ("shop", "bank"):
+                await open_account(client, ledger.write, id=account)
+            stuck_body = {"debit_account_id": "wallet", "credit_account_id": "shop", "amount": 100}
+            free_body = {"debit_account_id": "world", "credit_account_id": "bank", "amount": 5}
+            free_headers = {**ledger.write, **idem(), "Tally-Timeout-Ms": "3000"}
+            with accounts_locked_elsewhere(cluster, database, "wallet", "shop"):
+                stuck = asyncio.create_task(
+                    client.post("/v1/transfers", json=stuck_body, headers={**ledger.write, **idem()})
+                )
+
+                async def stuck_waits() -> bool:
+                    assert not stuck.done(), stuck.result().text
+                    return waiting_for_a_lock(cluster, database) == 1
+
+                await eventually(stuck_waits, "the first transfer's group to wait for a row lock")
+                free = await client.post("/v1/transfers", json=free_body, headers=free_headers)
+                assert free.status_code == 201, free.text
+                assert not stuck.done()
+            assert (await stuck).status_code == 201

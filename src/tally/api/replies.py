@@ -6,7 +6,7 @@ import hashlib
 import re
 from base64 import urlsafe_b64decode, urlsafe_b64encode
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 import orjson
 from fastapi import Request, Response
@@ -50,6 +50,12 @@ def request_id(request: Request) -> str | None:
 async def canonical_body(request: Request) -> bytes:
     body = await request.body()
     return orjson.dumps(orjson.loads(body), option=orjson.OPT_SORT_KEYS) if body else b""
+
+
+@overload
+async def idempotency_key(request: Request, *, required: Literal[True]) -> IdempotencyKey: ...
+@overload
+async def idempotency_key(request: Request, *, required: bool) -> IdempotencyKey | None: ...
 
 
 async def idempotency_key(request: Request, *, required: bool) -> IdempotencyKey | None:

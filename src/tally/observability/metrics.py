@@ -129,6 +129,11 @@ class Metrics:
             "Write transactions committed by one SQLite COMMIT (group commit).",
             buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=registry,
         )  # fmt: skip
+        self.transfer_group_size = Histogram(
+            "tally_transfer_group_size",
+            "Single transfers (POST /v1/transfers) written by one transaction (ADR 0042).",
+            buckets=(1, 2, 4, 8, 16, 32), registry=registry,
+        )  # fmt: skip
         self.pool_in_use = Gauge(
             "tally_db_connections_in_use", "Connections held by a transaction now.", ["role"],
             registry=registry, multiprocess_mode="livesum",

@@ -40,8 +40,17 @@ class QueryTally:
     count: int = 0
     seconds: float = 0.0
 
+    def add(self, other: QueryTally) -> None:
+        self.count += other.count
+        self.seconds += other.seconds
+
 
 _tally: ContextVar[QueryTally | None] = ContextVar("tally_query_tally", default=None)
+
+
+def current_tally() -> QueryTally | None:
+    """The tally of the work in this context, if it keeps one."""
+    return _tally.get()
 
 
 def start_tally() -> QueryTally:

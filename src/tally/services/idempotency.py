@@ -67,14 +67,33 @@ class IdempotentExecutor:
         """Run ``action`` in a write transaction, once per key; ``reject`` renders a rejection."""
         if key is None:
             return await self._attempt(ledger_id, None, action, reject)
+        slot = self.claim(ledger_id, key)
+        try:
+            return await self._attempt(ledger_id, key, action, reject)
+        finally:
+            self.release(slot)
+
+    @property
+    def in_flight(self) -> int:
+        """Keys claimed by requests under way in this process."""
+        return len(self._in_flight)
+
+    def claim(self, ledger_id: str, key: IdempotencyKey) -> tuple[str, str]:
+        """Mark ``key`` in flight in this process, or refuse it (``IdempotencyKeyInUse``)."""
         slot = (ledger_id, key.key)
         if slot in self._in_flight:
             raise IdempotencyKeyInUse("A request with this Idempotency-Key is still in flight.")
         self._in_flight.add(slot)
-        try:
-            return await self._attempt(ledger_id, key, action, reject)
-        finally:
-            self._in_flight.discard(slot)
+        return slot
+
+    def release(self, slot: tuple[str, str]) -> None:
+        self._in_flight.discard(slot)
+
+    async def run_claimed(
+        self, ledger_id: str, key: IdempotencyKey, action: Action, reject: Reject
+    ) -> Outcome:
+        """``run`` for a key this caller has claimed (and releases)."""
+        return await self._attempt(ledger_id, key, action, reject)
 
     async def _attempt(
         self, ledger_id: str, key: IdempotencyKey | None, action: Action, reject: Reject

@@ -12,11 +12,14 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Literal
 
+import orjson
+
 from tally.domain.accounts import Account
 from tally.domain.errors import (
     AccountNotFound,
     BatchFailed,
     IdConflict,
+    IdempotencyKeyReused,
     NotFound,
     Rejection,
     RequestError,
@@ -26,7 +29,16 @@ from tally.domain.errors import (
 from tally.domain.ids import new_id
 from tally.domain.postings import Change, settled
 from tally.domain.transfers import Transfer, TransferRequest, TransferStatus, plan
-from tally.services.ports import Database, HeldLeg, NewEvent, Page, Transaction
+from tally.services.idempotency import RETENTION, IdempotencyKey, Outcome, Reject
+from tally.services.ports import (
+    Database,
+    HeldLeg,
+    IdempotencyRecord,
+    NewEvent,
+    Page,
+    StoredReply,
+    Transaction,
+)
 from tally.services.postings import lock_accounts, new_entries
 from tally.services.views import JsonObject, transfer_view
 
@@ -49,7 +61,7 @@ async def create_transfer(
     decided = _decide(ledger_id, request, accounts, known, now=now, request_hash=request_hash)
     if isinstance(decided, Transfer):
         return decided, False
-    [(transfer, _)] = await _write(tx, ledger_id, [decided], now=now, request_id=request_id)
+    [(transfer, _)] = await _write(tx, ledger_id, [decided], now=now, request_ids=[request_id])
     return transfer, True
 
 
@@ -114,11 +126,17 @@ def _decide(
 
 
 async def _write(
-    tx: Transaction, ledger_id: str, drafts: Sequence[_Draft], *, now: datetime, request_id: str | None
+    tx: Transaction,
+    ledger_id: str,
+    drafts: Sequence[_Draft],
+    *,
+    now: datetime,
+    request_ids: Sequence[str | None],
 ) -> list[tuple[Transfer, JsonObject]]:
     """Write the drafts, one statement per table however many there are: the balances as the last
-    draft left them, then the transfers, their legs, entries, holds and events. Returns each
-    transfer with its view (its event's data, which a response may show as it is)."""
+    draft left them, then the transfers, their legs, entries, holds and events (each event naming
+    its draft's request in ``request_ids``). Returns each transfer with its view (its event's data,
+    which a response may show as it is)."""
     final: dict[int, Account] = {}
     for draft in drafts:
         final.update((account.pk, account) for account in draft.change.accounts.values())
@@ -140,7 +158,11 @@ async def _write(
         await tx.holds.add(held)
     views = [transfer_view(transfer) for transfer in transfers]
     await tx.events.add_many(
-        [NewEvent(ledger_id, "transfer.created", view, request_id) for view in views], now
+        [
+            NewEvent(ledger_id, "transfer.created", view, request_id)
+            for view, request_id in zip(views, request_ids, strict=True)
+        ],
+        now,
     )
     return list(zip(transfers, views, strict=True))
 
@@ -208,7 +230,8 @@ async def create_batch(
     if not drafts:
         return outcomes
     written = {
-        t.id: (t, view) for t, view in await _write(tx, ledger_id, drafts, now=now, request_id=request_id)
+        t.id: (t, view)
+        for t, view in await _write(tx, ledger_id, drafts, now=now, request_ids=[request_id] * len(drafts))
     }
     # Outcomes name drafts (pk 0); a repeat of a transfer created earlier in this batch, too.
     return [_written_in(outcome, written, now) for outcome in outcomes]
@@ -223,6 +246,96 @@ def _written_in(
     if outcome.status == "created":
         return replace(outcome, transfer=stored, view=view)
     return replace(outcome, transfer=stored.seen_at(now))
+
+
+@dataclass(frozen=True, slots=True)
+class KeyedTransfer:
+    """One ``POST /v1/transfers`` of a group (``services.transfer_groups``): its own idempotency
+    key, its request id (for its event) and how its rejection is rendered."""
+
+    ledger_id: str
+    key: IdempotencyKey
+    request: TransferRequest
+    request_hash: bytes
+    request_id: str | None
+    reject: Reject
+
+
+async def create_transfers(tx: Transaction, members: Sequence[KeyedTransfer]) -> list[Outcome | TallyError]:
+    """Each member as ``create_transfer`` run alone through the idempotent executor would answer it,
+    all in one transaction; a ``TallyError`` for a member is raised to its request as it is.
+
+    Per ledger: the members' idempotency records are read in one statement (a replay answers the
+    stored reply; another request's key is refused, nothing stored); the others' accounts are
+    locked once in ``pk`` order and their client ids looked up once; each is decided in arrival
+    order against what the ones before it did, and a rejection changes nothing, so it never fails
+    a neighbour; the created transfers are written with one statement per table (``_write``). The
+    new replies, rejections included, are stored with one statement, each under its own key.
+    """
+    results: list[Outcome | TallyError | None] = [None] * len(members)
+    by_ledger: dict[str, list[int]] = {}
+    for index, member in enumerate(members):
+        by_ledger.setdefault(member.ledger_id, []).append(index)
+    records: list[IdempotencyRecord] = []
+    now: datetime | None = None
+    for ledger_id, indexes in by_ledger.items():
+        stored = await tx.idempotency.get_many(ledger_id, [members[i].key.key for i in indexes])
+        fresh: list[int] = []
+        for i in indexes:
+            record = stored.get(members[i].key.key)
+            if record is None:
+                fresh.append(i)
+            elif record.fingerprint != members[i].key.fingerprint:
+                results[i] = IdempotencyKeyReused("This Idempotency-Key was used with a different request.")
+            else:
+                results[i] = Outcome(record.reply, replayed=True)
+        if not fresh:
+            continue
+        now, replies = await _decide_and_write(tx, ledger_id, [members[i] for i in fresh])
+        for i, reply in zip(fresh, replies, strict=True):
+            results[i] = Outcome(reply, replayed=False)
+            records.append(
+                IdempotencyRecord(ledger_id, members[i].key.key, members[i].key.fingerprint, reply, now)
+            )
+    if now is not None:
+        await tx.idempotency.add_many(records, keep_until=now + RETENTION)
+    return [result for result in results if result is not None]
+
+
+async def _decide_and_write(
+    tx: Transaction, ledger_id: str, members: Sequence[KeyedTransfer]
+) -> tuple[datetime, list[StoredReply]]:
+    """The reply of each member of one ledger, its transfer written if it made one."""
+    named = (leg.account_id for member in members for leg in member.request.legs)
+    accounts = await lock_accounts(tx, ledger_id, named)
+    now = await tx.now()
+    ids = sorted({member.request.id for member in members if member.request.id is not None})
+    known = await tx.transfers.get_many(ledger_id, ids) if ids else {}
+    decided: list[Transfer | _Draft | StoredReply] = []
+    for member in members:
+        try:
+            decided.append(
+                _decide(ledger_id, member.request, accounts, known, now=now, request_hash=member.request_hash)
+            )
+        except (Rejection, RequestError, NotFound) as rejection:
+            decided.append(member.reject(rejection))  # stored, as alone (services.idempotency)
+    drafts = [(d, m.request_id) for d, m in zip(decided, members, strict=True) if isinstance(d, _Draft)]
+    written: dict[str, tuple[Transfer, JsonObject]] = {}
+    if drafts:
+        pairs = await _write(
+            tx, ledger_id, [d for d, _ in drafts], now=now, request_ids=[r for _, r in drafts]
+        )
+        written = {transfer.id: (transfer, view) for transfer, view in pairs}
+    replies: list[StoredReply] = []
+    for outcome in decided:
+        if isinstance(outcome, StoredReply):
+            replies.append(outcome)
+        elif isinstance(outcome, _Draft):
+            replies.append(StoredReply(201, orjson.dumps(written[outcome.transfer.id][1])))
+        else:  # a transfer with this client id and body: stored, or created earlier in the group (pk 0)
+            existing = written[outcome.id][0].seen_at(now) if outcome.pk == 0 else outcome
+            replies.append(StoredReply(200, orjson.dumps(transfer_view(existing))))
+    return now, replies
 
 
 async def get_transfer(database: Database, ledger_id: str, transfer_id: str) -> Transfer:

@@ -9,8 +9,10 @@ from fastapi import APIRouter, Query, Request, Response
 from tally.api.problems import problem_for
 from tally.api.replies import (
     decode_cursor,
+    idempotency_key,
     json_reply,
     page_reply,
+    rejecter,
     request_hash,
     request_id,
     respond_json,
@@ -79,13 +81,21 @@ async def create_transfer(body: TransferCreate, request: Request) -> Response:
     command = transfer_request(body)
     digest = request_hash(body)
 
+    rid = request_id(request)
+
     async def action(tx: Transaction) -> StoredReply:
         transfer, created = await transfers.create_transfer(
-            tx, ledger_id, command, request_hash=digest, request_id=request_id(request)
+            tx, ledger_id, command, request_hash=digest, request_id=rid
         )
         return json_reply(201 if created else 200, transfer_view(transfer))
 
-    outcome = await run_write(request, ledger_id, action, key_required=True)
+    groups = request.app.state.tally.transfer_groups
+    if groups is None:
+        outcome = await run_write(request, ledger_id, action, key_required=True)
+    else:
+        key = await idempotency_key(request, required=True)
+        member = transfers.KeyedTransfer(ledger_id, key, command, digest, rid, rejecter(request))
+        outcome = await groups.create(member, action)
     return respond_outcome(request, outcome)
 
 
