@@ -185,11 +185,17 @@ async def asgi_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
+# asgi-lifespan's default is 5 s each: a start on PostgreSQL (a fresh database, its pools, the
+# schema check) took longer than that once on this 2-core machine while the suite ran beside it.
+# A start or stop that hangs still fails, in 30 s.
+LIFESPAN_SECONDS = {"startup_timeout": 30.0, "shutdown_timeout": 30.0}
+
+
 @asynccontextmanager
 async def serving_in_process(tally: Tally, *, tokens: bool = True) -> AsyncIterator[httpx.AsyncClient]:
     """A client of ``tally``'s app in this process, lifespan included; the caller keeps ``tally``
     to reach what the API does not show. ``tokens``: send back the last consistency token."""
-    async with LifespanManager(create_app(tally)) as manager:
+    async with LifespanManager(create_app(tally), **LIFESPAN_SECONDS) as manager:
         transport = httpx.ASGITransport(app=manager.app)
         hooks = SESSION.hooks() if tokens else {}
         async with httpx.AsyncClient(

@@ -10,7 +10,7 @@ from asgi_lifespan import LifespanManager
 
 from tally.api.app import create_app
 from tally.bootstrap import Tally
-from tests.support import BACKENDS, ROOT, LedgerKeys, idem, settings_for
+from tests.support import BACKENDS, LIFESPAN_SECONDS, ROOT, LedgerKeys, idem, settings_for
 
 
 async def test_an_unexpected_failure_is_a_500_problem_with_the_request_id_and_no_detail(
@@ -18,7 +18,7 @@ async def test_an_unexpected_failure_is_a_500_problem_with_the_request_id_and_no
 ) -> None:
     tally = Tally(settings_for(tmp_path))
     app = create_app(tally)
-    async with LifespanManager(app) as manager:
+    async with LifespanManager(app, **LIFESPAN_SECONDS) as manager:
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://tally") as client:
             # The schema is broken under the running app: a failure no code path expects. In a

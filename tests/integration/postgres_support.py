@@ -23,7 +23,7 @@ from tally.api.app import create_app
 from tally.bootstrap import Tally
 from tally.config import Settings
 from tests.pg_cluster import PgCluster
-from tests.support import ROOT_KEY, ClientSession, Server, start_server
+from tests.support import LIFESPAN_SECONDS, ROOT_KEY, ClientSession, Server, start_server
 
 STRONG = {"Tally-Consistency": "strong"}
 
@@ -88,7 +88,7 @@ async def plain_asgi_client(
 ) -> AsyncIterator[httpx.AsyncClient]:
     """A client of a fresh app in this process (lifespan included), with no token hooks."""
     app = create_app(Tally(settings))
-    async with LifespanManager(app) as manager:
+    async with LifespanManager(app, **LIFESPAN_SECONDS) as manager:
         transport = httpx.ASGITransport(app=manager.app)
         hooks = session.hooks() if session is not None else {}
         async with httpx.AsyncClient(

@@ -29,7 +29,17 @@ from tally.jobs.statements import StatementsJob
 from tally.services.events import events_after
 from tally.services.holds import expire_due_holds
 from tests.pg_cluster import require_postgres
-from tests.support import BACKENDS, ROOT, LedgerKeys, idem, new_ledger, open_account, settings_for, transfer
+from tests.support import (
+    BACKENDS,
+    LIFESPAN_SECONDS,
+    ROOT,
+    LedgerKeys,
+    idem,
+    new_ledger,
+    open_account,
+    settings_for,
+    transfer,
+)
 
 # The access patterns of docs/data-model.md whose index is not the only one that could answer:
 # the statement (matched by a fragment of its SQL) must search through the named index columns.
@@ -228,7 +238,7 @@ async def _statements_of_the_workload(tmp_path: Path) -> dict[str, Any]:
     for engine in tally.database.engines:
         event.listen(engine, "before_cursor_execute", capture)
     app = create_app(tally)
-    async with LifespanManager(app) as manager:
+    async with LifespanManager(app, **LIFESPAN_SECONDS) as manager:
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://tally") as client:
             ledger = await _workload(client)
