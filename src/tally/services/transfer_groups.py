@@ -35,6 +35,10 @@ from tally.services.ports import Database
 from tally.services.retries import retry_conflicts
 from tally.services.transfers import KeyedTransfer, create_transfers
 
+# A request queued this long while every runner is busy gets another runner, up to the most
+# allowed (PostgreSQL): a group stuck on a row lock holds up the others this long at most.
+STUCK_SECONDS = 0.05
+
 # A group's IN lists (its keys, accounts, client ids) stay within the lengths whose statements are
 # bound once (store.statement_plans); past a few dozen members the amortised share is small anyway.
 MOST_MEMBERS = 32
@@ -66,6 +70,7 @@ class _Queued:
     member: KeyedTransfer
     deadline: Deadline | None
     queries: StatementCount | None  # the request's statement count (its access line's db_queries)
+    since: float  # event-loop time it was queued
     future: asyncio.Future[Result] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -90,6 +95,7 @@ class TransferGroups:
         self._hooks = hooks
         self._queue: deque[_Queued] = deque()
         self._runners: set[asyncio.Task[None]] = set()
+        self._watch: asyncio.TimerHandle | None = None  # the check for a queue no runner takes
 
     @property
     def queued(self) -> int:
@@ -99,14 +105,14 @@ class TransferGroups:
     async def create(self, member: KeyedTransfer, alone: Action) -> Outcome:
         """``member``'s outcome, written in a group; ``alone`` is its action should it run alone."""
         slot = self._executor.claim(member.ledger_id, member.key)
-        queued = _Queued(member, current_deadline(), self._hooks.request_count() if self._hooks else None)
+        loop = asyncio.get_running_loop()
+        counted = self._hooks.request_count() if self._hooks else None
+        queued = _Queued(member, current_deadline(), counted, loop.time())
         self._queue.append(queued)
-        if len(self._runners) < self._most_runners:
-            # A context of its own: no request's id, budget or reads carry into the groups.
-            runner = asyncio.get_running_loop().create_task(
-                self._run(), name="tally-transfer-groups", context=contextvars.Context()
-            )
-            self._runners.add(runner)
+        if not self._runners:
+            self._start_runner()
+        elif len(self._runners) < self._most_runners and self._watch is None:
+            self._watch = loop.call_later(STUCK_SECONDS, self._check_stuck)
         try:
             result = await self._answer(queued)
         except (asyncio.CancelledError, DeadlineExceeded):
@@ -140,8 +146,32 @@ class TransferGroups:
                 ) from None
             return await asyncio.shield(queued.future)
 
+    def _start_runner(self) -> None:
+        # A context of its own: no request's id, budget or reads carry into the groups.
+        runner = asyncio.get_running_loop().create_task(
+            self._run(), name="tally-transfer-groups", context=contextvars.Context()
+        )
+        self._runners.add(runner)
+
+    def _check_stuck(self) -> None:
+        """One more runner if the oldest queued request has waited ``STUCK_SECONDS`` (the runners are
+        all busy: one of them may be waiting for a lock); checked again while requests queue."""
+        self._watch = None
+        if not self._queue or len(self._runners) >= self._most_runners:
+            return
+        loop = asyncio.get_running_loop()
+        waited = loop.time() - self._queue[0].since
+        if waited >= STUCK_SECONDS:
+            self._start_runner()  # it takes the queue as it is now
+            waited = 0.0
+        if len(self._runners) < self._most_runners:
+            self._watch = loop.call_later(STUCK_SECONDS - waited, self._check_stuck)
+
     async def stop(self) -> None:
         """Wait for the groups under way (their members wait for them too)."""
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
         await asyncio.gather(*self._runners, return_exceptions=True)
 
     async def _run(self) -> None:
