@@ -44,10 +44,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the tests' ca
 
 import httpx
 from bench_fixture import ledger_with_two_accounts, percentile, print_table
-from bench_observability import cpu_seconds, start
+from bench_observability import start
 from prometheus_client.parser import text_string_to_metric_families
 from tests.cache_servers import cache_server
 
+from tally.bench.server_load import cpu_seconds
 from tally.domain.keys import new_secret
 
 CONFIGURATIONS = ("no cache", "memory", "redis", "memcached")

@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import socket
 import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 
 import orjson
 import uvicorn
@@ -33,7 +31,8 @@ from fastapi import FastAPI, Response
 from pydantic import BaseModel
 
 from tally.api.connections import ConnectionLimits, http_protocol
-from tally.bench.http_client import HttpConnection
+from tally.bench.loops import Call
+from tally.bench.server_load import cpu_seconds, drive
 from tally.harness.tally_server import free_port
 
 REPLY = orjson.dumps(
@@ -100,43 +99,21 @@ def serve(app: str, port: int) -> None:
     )
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-async def drive(port: int, clients: int, seconds: float) -> int:
-    done = 0
-    stop = time.monotonic() + seconds
-
-    async def client() -> None:
-        nonlocal done
-        connection = HttpConnection(f"http://127.0.0.1:{port}")
-        try:
-            while time.monotonic() < stop:
-                body = orjson.dumps(
-                    {"debit_account_id": uuid.uuid4().hex, "credit_account_id": "b", "amount": 1}
-                )
-                headers = (("authorization", "Bearer x"), ("idempotency-key", uuid.uuid4().hex))
-                answer = await connection.request("POST", "/v1/transfers", body, headers)
-                if answer.status != 201:
-                    raise RuntimeError(f"{answer.status} {answer.body[:200]!r}")
-                done += 1
-        finally:
-            connection.close()
-
-    await asyncio.gather(*(client() for _ in range(clients)))
-    return done
+def transfer() -> Call:
+    body = orjson.dumps({"debit_account_id": uuid.uuid4().hex, "credit_account_id": "b", "amount": 1})
+    headers = (("authorization", "Bearer x"), ("idempotency-key", uuid.uuid4().hex))
+    return Call("POST", "/v1/transfers", body, headers, transfers=1)
 
 
 def measure(app: str, clients: int, seconds: float) -> str:
     port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen([sys.executable, __file__, "--serve", app, "--port", str(port)])
     try:
         _wait_for(port)
-        asyncio.run(drive(port, clients, 2.0))  # warm-up
+        asyncio.run(drive(base_url, transfer, clients, 2.0))  # warm-up
         server_before, client_before, started = cpu_seconds(server.pid), time.process_time(), time.monotonic()
-        done = asyncio.run(drive(port, clients, seconds))
+        done = asyncio.run(drive(base_url, transfer, clients, seconds))
         elapsed = time.monotonic() - started
         server_cpu = cpu_seconds(server.pid) - server_before
         client_cpu = time.process_time() - client_before

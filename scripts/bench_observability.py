@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -40,6 +39,7 @@ from pathlib import Path
 import httpx
 from bench_fixture import ledger_with_two_accounts, start_server
 
+from tally.bench.server_load import cpu_seconds
 from tally.domain.keys import new_secret
 
 CONFIGURATIONS = {
@@ -55,12 +55,6 @@ class Target:
     base: str
     headers: dict[str, str]
     pid: int
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process ``pid`` so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:

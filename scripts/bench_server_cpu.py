@@ -23,15 +23,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import random
 import tempfile
 import time
 from pathlib import Path
 
-from tally.bench.http_client import HttpConnection
 from tally.bench.loops import Calls
 from tally.bench.scenarios import batch_calls, read_call, transfer_call
+from tally.bench.server_load import cpu_seconds, drive
 from tally.bench.setup import Ledger, prepare_ledger
 from tally.domain.keys import new_secret
 from tally.harness.postgres import cluster
@@ -40,40 +39,12 @@ from tally.harness.tally_server import running_tally
 WARMUP_SECONDS = 2.0
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process ``pid`` so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def calls(scenario: str, ledger: Ledger, rng: random.Random) -> tuple[int, Calls]:
     if scenario == "single":
         return 1, lambda: transfer_call(ledger, ledger.accounts, rng)
     if scenario == "batch":
         return 1000, batch_calls(ledger, ledger.accounts, rng, 1000)
     return 1, lambda: read_call(ledger, rng)
-
-
-async def drive(base_url: str, make: Calls, clients: int, seconds: float) -> int:
-    """Requests answered with 2xx by ``clients`` connections in ``seconds``; any other answer raises."""
-    done = 0
-    stop = time.monotonic() + seconds
-
-    async def client() -> None:
-        nonlocal done
-        connection = HttpConnection(base_url)
-        try:
-            while time.monotonic() < stop:
-                call = make()
-                answer = await connection.request(call.method, call.path, call.body, call.headers)
-                if not 200 <= answer.status < 300:
-                    raise RuntimeError(f"{call.method} {call.path}: {answer.status} {answer.body[:300]!r}")
-                done += 1
-        finally:
-            connection.close()
-
-    await asyncio.gather(*(client() for _ in range(clients)))
-    return done
 
 
 def database_settings(database: str, work: Path, stack: contextlib.ExitStack) -> dict[str, str]:
