@@ -20,10 +20,10 @@ from tally.cache.rate_limits import DecisionCounter, build_rate_limiter
 from tally.config import Settings
 from tally.domain.errors import Unavailable
 from tally.jobs.scheduler import Scheduler, scheduler_from
-from tally.observability.context import set_job
+from tally.observability.context import job_context, set_job, set_request_ids
 from tally.observability.logging import configure_logging, get_logger
 from tally.observability.loop_lag import watch_loop_lag
-from tally.observability.queries import current_tally, start_tally
+from tally.observability.queries import QueryTally, current_tally, start_tally
 from tally.observability.telemetry import Telemetry
 from tally.services.holds import expire_due_holds
 from tally.services.idempotency import IdempotentExecutor
@@ -100,11 +100,21 @@ class Tally:
         # Per-key rate limits (ADR 0029); None when TALLY_RATE_LIMIT=off. Connects on first use.
         self.rate_limiter = build_rate_limiter(settings, count=_rate_limit_counter(self.telemetry))
 
-    def group_hooks(self) -> GroupHooks | None:
-        """Each grouped request's access line counts its group's statements; group sizes measured."""
-        if self.telemetry is None:
-            return None
-        return GroupHooks(current_tally, start_tally, self.telemetry.metrics.transfer_group_size.observe)
+    def group_hooks(self) -> GroupHooks:
+        """The runners' lines name their job and the requests of their group; each grouped
+        request's access line counts its group's statements; group sizes are measured."""
+
+        def began(request_ids: tuple[str, ...]) -> QueryTally:
+            set_request_ids(request_ids)
+            return start_tally()
+
+        sizes = self.telemetry.metrics.transfer_group_size.observe if self.telemetry else None
+        return GroupHooks(
+            runner_context=partial(job_context, "transfer_groups"),
+            request_count=current_tally,
+            group_began=began,
+            written=sizes if sizes is not None else _ignore,
+        )
 
     @property
     def authenticator(self) -> Authenticator:
@@ -304,3 +314,7 @@ def app_from_environment() -> FastAPI:
 def _as_job(name: str, start: Callable[[], None]) -> None:
     set_job(name)
     start()
+
+
+def _ignore(_: int) -> None:
+    """A group size with no metrics to count it in."""

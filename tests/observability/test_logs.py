@@ -5,7 +5,8 @@ Invariants, in plain words:
   template, status, duration, replay flag, and the count and time of its statements;
 - every line a request writes carries that request's id (here every statement writes a
   slow-query line, with ``TALLY_SLOW_QUERY_MS=0``, so each request writes several); lines of
-  background work carry the name of their ``job`` instead;
+  background work carry the name of their ``job`` instead, and a group of transfers' lines the
+  ``request_ids`` it wrote (ADR 0042);
 - no key, webhook secret, ops token or credential reaches any line, whatever the client sends and
   wherever it puts it (headers, query strings, bodies echoed in validation errors, the request line
   of a malformed request).
@@ -89,6 +90,12 @@ async def test_every_line_of_a_request_carries_the_id_of_its_access_line(chatty_
         await call("GET", "/v1/accounts/missing", headers=write)
         await call("GET", "/v1/accounts", headers={"X-Request-ID": "no key"})  # malformed id, 401
         await call("GET", "/readyz")
+        await call("POST", "/v1/accounts", json={"id": "b", "currency": "USD"}, headers=write)
+        # Written in a group (ADR 0042): its statements run in the group's task. Refused ("a" is
+        # empty), and the refusal stored: still a write.
+        moved = {"debit_account_id": "a", "credit_account_id": "b", "amount": 1}
+        refused = await call("POST", "/v1/transfers", json=moved, headers={**write, **idem()})
+        assert refused.status_code == 422
 
     lines = wait_for_access_lines(chatty_server, set(sent))
     access = [line for line in lines if line.get("event") == "request"]
@@ -106,14 +113,21 @@ async def test_every_line_of_a_request_carries_the_id_of_its_access_line(chatty_
             if line.get("event") == "request":
                 spans.append([])
     by_access = {span[-1]["request_id"]: span for span in spans if span}
+    # A group's lines name their job and the requests they wrote, and no request id of their own.
+    grouped = [line for line in lines if line.get("job") == "transfer_groups"]
+    assert grouped
+    assert all("request_id" not in line for line in grouped)
     for request_id in sent:
         span = by_access[request_id]
         assert {line.get("request_id") for line in span} == {request_id}, span
         statements = [line for line in span if line.get("event") == "slow query"]
-        assert len(statements) == span[-1]["db_queries"]
+        for_it = [line for line in grouped if request_id in line.get("request_ids", [])]
+        assert len(statements) + len(for_it) == span[-1]["db_queries"]
+    assert {tuple(line["request_ids"]) for line in grouped} == {(sent[-1],)}
+    assert len(grouped) >= 3  # its key's record read and stored, its accounts locked
     # The read of the account just written comes from the cache (written through on commit, and
     # the key's lookup cached by the write before it): no statement. The 401 ran none either.
-    ran_statements = [len(by_access[request_id]) > 1 for request_id in sent]
+    ran_statements = [len(by_access[request_id]) > 1 for request_id in sent[:7]]
     assert ran_statements == [True, True, True, False, True, False, True]
     by_id = {line["request_id"]: line for line in access}
     account = by_id[sent[2]]

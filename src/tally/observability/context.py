@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from contextvars import ContextVar
+from contextvars import Context, ContextVar
 
 _request_id: ContextVar[str | None] = ContextVar("tally_request_id", default=None)
 _WELL_FORMED = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -38,3 +38,23 @@ def set_job(name: str | None) -> None:
 
 def current_job() -> str | None:
     return _job.get()
+
+
+_request_ids: ContextVar[tuple[str, ...] | None] = ContextVar("tally_request_ids", default=None)
+
+
+def set_request_ids(request_ids: tuple[str, ...] | None) -> None:
+    """The requests the work of this context serves (a group of transfers, ADR 0042): its lines
+    carry ``request_ids``, so that each request's access line finds the statements that wrote it."""
+    _request_ids.set(request_ids)
+
+
+def current_request_ids() -> tuple[str, ...] | None:
+    return _request_ids.get()
+
+
+def job_context(name: str) -> Context:
+    """A fresh context for a background task whose lines carry ``job``: ``name``."""
+    context = Context()
+    context.run(set_job, name)
+    return context

@@ -17,7 +17,7 @@ from typing import Any
 
 import structlog
 
-from tally.observability.context import current_job, current_request_id
+from tally.observability.context import current_job, current_request_id, current_request_ids
 from tally.observability.redaction import Redactor
 
 
@@ -28,6 +28,9 @@ def _add_request_id(_: Any, __: str, event: MutableMapping[str, Any]) -> Mutable
     job = current_job()
     if job is not None:
         event.setdefault("job", job)
+    request_ids = current_request_ids()
+    if request_ids is not None:
+        event.setdefault("request_ids", list(request_ids))
     return event
 
 

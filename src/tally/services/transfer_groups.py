@@ -60,8 +60,10 @@ class StatementCount(Protocol):
 class GroupHooks:
     """Observability's part, given by the bootstrap (the services know none of it)."""
 
+    runner_context: Callable[[], contextvars.Context]  # a fresh context for a runner: its lines' job
     request_count: Callable[[], StatementCount | None]  # the statement count of this context's request
-    start_count: Callable[[], StatementCount]  # count this context's statements from now on
+    # A group begins in this context: its members' request ids go on its lines; its statement count.
+    group_began: Callable[[tuple[str, ...]], StatementCount | None]
     written: Callable[[int], None]  # a group of this many transfers was written
 
 
@@ -148,8 +150,9 @@ class TransferGroups:
 
     def _start_runner(self) -> None:
         # A context of its own: no request's id, budget or reads carry into the groups.
+        context = self._hooks.runner_context() if self._hooks else contextvars.Context()
         runner = asyncio.get_running_loop().create_task(
-            self._run(), name="tally-transfer-groups", context=contextvars.Context()
+            self._run(), name="tally-transfer-groups", context=context
         )
         self._runners.add(runner)
 
@@ -199,7 +202,8 @@ class TransferGroups:
         deadlines = [queued.deadline for queued in live if queued.deadline is not None]
         set_deadline(min(deadlines, key=lambda deadline: deadline.at) if deadlines else None)
         members = [queued.member for queued in live]
-        queries = self._hooks.start_count() if self._hooks else None
+        request_ids = tuple(member.request_id for member in members if member.request_id is not None)
+        queries = self._hooks.group_began(request_ids) if self._hooks else None
         results: list[Outcome | TallyError] | None = None
         try:
             results = await retry_conflicts(lambda: self._transaction(members))
