@@ -16,14 +16,11 @@ from tally.api.problems import render_error
 from tally.domain.errors import IdempotencyKeyRequired, TallyError, ValidationFailed
 from tally.services.idempotency import IdempotencyKey, Outcome
 from tally.services.ports import Page, StoredReply, Transaction
+from tally.services.views import json_reply
 
 T = TypeVar("T")
 _IDEMPOTENCY_KEY = re.compile(r"^[\x20-\x7e]{1,255}$")
 _CURSOR = re.compile(r"^p(\d{1,19})$")
-
-
-def json_reply(status: int, data: Any) -> StoredReply:
-    return StoredReply(status, orjson.dumps(data))
 
 
 def respond(reply: StoredReply, headers: dict[str, str] | None = None) -> Response:

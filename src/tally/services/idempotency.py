@@ -56,6 +56,14 @@ class _RejectedAfterWrite(Exception):
         self.rejection = rejection
 
 
+def replay(record: IdempotencyRecord, key: IdempotencyKey) -> Outcome:
+    """What a request with ``key`` gets when ``record`` is stored under it: the stored reply again,
+    or ``IdempotencyKeyReused`` if another request (another fingerprint) stored it."""
+    if record.fingerprint != key.fingerprint:
+        raise IdempotencyKeyReused("This Idempotency-Key was used with a different request.")
+    return Outcome(record.reply, replayed=True)
+
+
 class IdempotentExecutor:
     def __init__(self, database: Database) -> None:
         self._database = database
@@ -117,9 +125,7 @@ class IdempotentExecutor:
             if key is not None:
                 record = await tx.idempotency.get(ledger_id, key.key)
                 if record is not None:
-                    if record.fingerprint != key.fingerprint:
-                        raise IdempotencyKeyReused("This Idempotency-Key was used with a different request.")
-                    return Outcome(record.reply, replayed=True)
+                    return replay(record, key)
             try:
                 reply = await action(tx)
             except (Rejection, NotFound, RequestError) as rejection:

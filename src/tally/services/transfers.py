@@ -12,8 +12,6 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Literal
 
-import orjson
-
 from tally.domain.accounts import Account
 from tally.domain.errors import (
     AccountNotFound,
@@ -29,7 +27,7 @@ from tally.domain.errors import (
 from tally.domain.ids import new_id
 from tally.domain.postings import Change, settled
 from tally.domain.transfers import Transfer, TransferRequest, TransferStatus, plan
-from tally.services.idempotency import RETENTION, IdempotencyKey, Outcome, Reject
+from tally.services.idempotency import RETENTION, IdempotencyKey, Outcome, Reject, replay
 from tally.services.ports import (
     Database,
     HeldLeg,
@@ -40,7 +38,7 @@ from tally.services.ports import (
     Transaction,
 )
 from tally.services.postings import lock_accounts, new_entries
-from tally.services.views import JsonObject, transfer_view
+from tally.services.views import JsonObject, json_reply, transfer_view
 
 
 async def create_transfer(
@@ -272,7 +270,7 @@ async def create_transfers(tx: Transaction, members: Sequence[KeyedTransfer]) ->
     a neighbour; the created transfers are written with one statement per table (``_write``). The
     new replies, rejections included, are stored with one statement, each under its own key.
     """
-    results: list[Outcome | TallyError | None] = [None] * len(members)
+    results: dict[int, Outcome | TallyError] = {}
     by_ledger: dict[str, list[int]] = {}
     for index, member in enumerate(members):
         by_ledger.setdefault(member.ledger_id, []).append(index)
@@ -285,10 +283,11 @@ async def create_transfers(tx: Transaction, members: Sequence[KeyedTransfer]) ->
             record = stored.get(members[i].key.key)
             if record is None:
                 fresh.append(i)
-            elif record.fingerprint != members[i].key.fingerprint:
-                results[i] = IdempotencyKeyReused("This Idempotency-Key was used with a different request.")
-            else:
-                results[i] = Outcome(record.reply, replayed=True)
+                continue
+            try:
+                results[i] = replay(record, members[i].key)
+            except IdempotencyKeyReused as refused:  # not stored: raised to its request, as alone
+                results[i] = refused
         if not fresh:
             continue
         now, replies = await _decide_and_write(tx, ledger_id, [members[i] for i in fresh])
@@ -299,7 +298,7 @@ async def create_transfers(tx: Transaction, members: Sequence[KeyedTransfer]) ->
             )
     if now is not None:
         await tx.idempotency.add_many(records, keep_until=now + RETENTION)
-    return [result for result in results if result is not None]
+    return [results[i] for i in range(len(members))]  # every member has its answer
 
 
 async def _decide_and_write(
@@ -331,10 +330,10 @@ async def _decide_and_write(
         if isinstance(outcome, StoredReply):
             replies.append(outcome)
         elif isinstance(outcome, _Draft):
-            replies.append(StoredReply(201, orjson.dumps(written[outcome.transfer.id][1])))
+            replies.append(json_reply(201, written[outcome.transfer.id][1]))
         else:  # a transfer with this client id and body: stored, or created earlier in the group (pk 0)
             existing = written[outcome.id][0].seen_at(now) if outcome.pk == 0 else outcome
-            replies.append(StoredReply(200, orjson.dumps(transfer_view(existing))))
+            replies.append(json_reply(200, transfer_view(existing)))
     return now, replies
 
 

@@ -9,12 +9,19 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
+import orjson
+
 from tally.domain.accounts import Account, Direction
 from tally.domain.keys import ApiKey, Ledger
 from tally.domain.transfers import Transfer
-from tally.services.ports import Entry, Event
+from tally.services.ports import Entry, Event, StoredReply
 
 JsonObject = dict[str, Any]
+
+
+def json_reply(status: int, data: Any) -> StoredReply:
+    """A reply of ``data`` as JSON, as an idempotency record keeps it."""
+    return StoredReply(status, orjson.dumps(data))
 
 
 def timestamp(value: datetime | None) -> str | None:

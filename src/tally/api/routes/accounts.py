@@ -9,7 +9,6 @@ from fastapi import APIRouter, Query, Request, Response
 
 from tally.api.replies import (
     decode_cursor,
-    json_reply,
     page_reply,
     request_hash,
     request_id,
@@ -36,7 +35,7 @@ from tally.domain.accounts import AccountStatus, Bounds
 from tally.domain.errors import ValidationFailed
 from tally.services import accounts, statements
 from tally.services.ports import StoredReply, Transaction
-from tally.services.views import account_view, entry_view, timestamp
+from tally.services.views import account_view, entry_view, json_reply, timestamp
 
 router = APIRouter(route_class=TallyRoute, tags=["accounts"])
 

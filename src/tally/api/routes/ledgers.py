@@ -9,14 +9,7 @@ from datetime import timedelta
 import orjson
 from fastapi import APIRouter, Request, Response
 
-from tally.api.replies import (
-    decode_cursor,
-    json_reply,
-    page_reply,
-    respond_json,
-    respond_outcome,
-    run_write,
-)
+from tally.api.replies import decode_cursor, page_reply, respond_json, respond_outcome, run_write
 from tally.api.routing import Access, TallyRoute, access, actor, principal
 from tally.api.schemas import (
     Cursor,
@@ -34,7 +27,7 @@ from tally.domain.keys import ApiKey
 from tally.services import ledgers
 from tally.services.idempotency import Outcome
 from tally.services.ports import StoredReply, Transaction
-from tally.services.views import key_view, ledger_view
+from tally.services.views import json_reply, key_view, ledger_view
 
 router = APIRouter(route_class=TallyRoute, tags=["ledgers"])
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from tally.api.batch_schemas import TransferBatchAccepted, TransferBatchOut, stored_items
-from tally.api.replies import json_reply, request_id, respond_json, respond_outcome, run_write
+from tally.api.replies import request_id, respond_json, respond_outcome, run_write
 from tally.api.routing import Access, TallyRoute, access, ledger_of
 from tally.api.schemas import TransferBatch
 from tally.services import batch_intake
 from tally.services.ports import StoredReply, Transaction
+from tally.services.views import json_reply
 
 router = APIRouter(route_class=TallyRoute, tags=["transfer-batches"])
 

@@ -10,7 +10,6 @@ from tally.api.problems import problem_for
 from tally.api.replies import (
     decode_cursor,
     idempotency_key,
-    json_reply,
     page_reply,
     rejecter,
     request_hash,
@@ -38,7 +37,7 @@ from tally.domain.errors import RequestError
 from tally.domain.transfers import LegRequest, TransferRequest, TransferStatus
 from tally.services import holds, reversals, transfers
 from tally.services.ports import StoredReply, Transaction
-from tally.services.views import JsonObject, transfer_view
+from tally.services.views import JsonObject, json_reply, transfer_view
 
 router = APIRouter(route_class=TallyRoute, tags=["transfers"])
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 from fastapi import APIRouter, Request, Response
 
-from tally.api.replies import decode_cursor, json_reply, page_reply, respond_outcome, run_write
+from tally.api.replies import decode_cursor, page_reply, respond_outcome, run_write
 from tally.api.routing import Access, TallyRoute, access, actor, ledger_of
 from tally.api.schemas import Cursor, Limit
 from tally.api.webhook_schemas import (
@@ -21,6 +21,7 @@ from tally.api.webhook_schemas import (
 from tally.services import webhooks
 from tally.services.idempotency import Outcome
 from tally.services.ports import StoredReply, Transaction
+from tally.services.views import json_reply
 
 router = APIRouter(route_class=TallyRoute, tags=["webhooks"])
 
