@@ -34,6 +34,23 @@ def _add_request_id(_: Any, __: str, event: MutableMapping[str, Any]) -> Mutable
     return event
 
 
+class _Stderr:
+    """The process's standard error as it is when a line is written, not when logging was set up.
+
+    ``sys.stderr`` can be replaced after ``configure_logging`` (a test capturing output, then
+    closing its capture): lines then go to the stream in place, never to a closed one.
+    """
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+_STDERR: Any = _Stderr()
+
+
 def configure_logging(fmt: str, level: str = "INFO", *, secrets: Iterable[str] = ()) -> None:
     """``fmt`` is ``json`` or ``console``; ``secrets`` are literals never to be written (see redaction)."""
     renderer: Any = (
@@ -51,10 +68,10 @@ def configure_logging(fmt: str, level: str = "INFO", *, secrets: Iterable[str] =
     structlog.configure(
         processors=[*stamped, structlog.processors.format_exc_info, redact, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(_STDERR),
         cache_logger_on_first_use=True,
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(_STDERR)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[structlog.stdlib.add_logger_name, *stamped],
