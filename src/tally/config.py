@@ -149,7 +149,11 @@ class Settings(BaseSettings):
         description="How long a batch-job run stays claimed without a step; then a runner may take it over.",
     )
     job_batch_size: int = Field(
-        default=1000, ge=1, le=100_000, description="Units per step (one transaction) of a batch job."
+        default=100,
+        ge=1,
+        le=100_000,
+        description="Units per step (one transaction) of a batch job: a step holds the write lock "
+        "(on SQLite, the event loop too), so requests wait behind it.",
     )
     ops_token: SecretStr | None = Field(
         default=None,

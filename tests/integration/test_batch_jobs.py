@@ -128,6 +128,22 @@ async def test_two_runners_of_one_period_run_it_once(database: Database, tmp_pat
     assert stored.result == {"next": 60}
 
 
+async def test_a_run_gives_way_between_its_steps_and_not_after_the_last(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rests: list[float] = []
+
+    async def give_way(step_seconds: float) -> None:
+        rests.append(step_seconds)
+
+    monkeypatch.setattr("tally.jobs.runs._give_way", give_way)
+    finished = await run(database, UnitsJob(count=12, batch=5), "a:1:a")
+
+    assert (finished.status, finished.steps) == (OutcomeStatus.FINISHED, 3)
+    assert len(rests) == 2  # after steps 1 and 2; the run ends with step 3
+    assert all(seconds > 0 for seconds in rests)
+
+
 async def test_a_finished_period_is_not_run_again(database: Database, tmp_path: Path) -> None:
     job = UnitsJob(count=12, batch=5)
     finished = await run(database, job, "a:1:a")

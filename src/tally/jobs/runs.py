@@ -19,6 +19,7 @@ import contextlib
 import os
 import secrets
 import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -177,8 +178,11 @@ async def run_batch_job(
                     run = await retry_conflicts(partial(_release, database, run))
                     _log.warning("batch job stopped", job=job.name, period=period, done=run.done, steps=steps)
                     return RunOutcome(OutcomeStatus.STOPPED, run, steps)
+                began = time.monotonic()
                 run = await retry_conflicts(partial(_step, database, job, run, lease))
                 steps += 1
+                if run.status is RunStatus.RUNNING:
+                    await _give_way(time.monotonic() - began)
                 if progress is not None:
                     progress.update(run.done)
         except LostRun:
@@ -194,6 +198,14 @@ async def run_batch_job(
                 progress.finish()
         _log.info("batch job finished", job=job.name, period=period, done=run.done, steps=steps)
         return RunOutcome(OutcomeStatus.FINISHED, run, steps)
+
+
+async def _give_way(step_seconds: float) -> None:
+    """Rest between two steps as long as the step took, so that the requests waiting for the write
+    lock (on SQLite, for the event loop too) have it at least half the time while a job runs. With
+    steps of 1,000 accounts back to back, ``reconcile`` held transfers at 500/s for up to 0.7 s
+    (ADR 0032, addendum)."""
+    await asyncio.sleep(step_seconds)
 
 
 async def _claim(
