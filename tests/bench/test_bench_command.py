@@ -5,6 +5,9 @@ Invariants, in plain words:
 - results.json has every scenario (single in both loops), each with statuses, answers (achieved
   rate above 0), no 5xx and no transport error, and the SQLite ceilings with the ratios read
   against them;
+- each measurement of the load generator has a timeline whose slices count every request it counted;
+- the page draws a line per measurement and ceiling by percentile, and a line per measurement of
+  the load generator over the run;
 - the work directory with the databases is gone afterwards.
 
 No figure is asserted: speed lives in the benchmark, not in the suite.
@@ -55,10 +58,14 @@ def test_tally_bench_on_sqlite_measures_every_scenario_with_no_server_error(
         assert row["statuses"], row["scenario"]
         assert row["achieved_rate"] > 0, row
         assert not [s for s in row["statuses"] if s.startswith(("5", "error "))], row["statuses"]
+        slices = row["timeline"]["slices"]
+        assert sum(point["requests"] for point in slices) == row["requests"], row["scenario"]
     assert [ceiling["yardstick"] for ceiling in document["ceilings"]] == ["single", "batch"]
     ratios = {row["scenario"]: row["ratio_to_ceiling"] for row in document["measurements"]}
     assert ratios["single"] > 0
     assert ratios["reads"] is None
     page = (out / "latency.html").read_text()
-    assert page.count("<polyline") == 8  # six measurements and two ceilings
+    by_percentile, over_the_run = page.split("P99 over the run")
+    assert by_percentile.count("<polyline") == 8  # six measurements and two ceilings
+    assert over_the_run.count("<polyline") == 6  # the six measurements
     assert "single" in printed.out.splitlines()[1]

@@ -9,7 +9,8 @@ Invariants, in plain words:
 - the open loop never waits for an answer before sending the next request: with every answer held
   back, all the requests of the schedule are in flight at once, one connection each; past the
   in-flight cap a request is not sent but counted as refused;
-- a connection that fails is counted as an error, and the client goes on with a new one.
+- a connection that fails is counted as an error, and the client goes on with a new one;
+- the timeline places a request by its intended send time, whenever its answer came.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pytest
 
 from tally.bench.http_client import Response
 from tally.bench.loops import REFUSED, Call, closed_loop, open_loop, status_key
-from tally.bench.results import Measured
+from tally.bench.results import Measured, Timeline
 from tests.bench.scripted_server import Close, ScriptedServer, Seen, answer, created
 
 TRANSFER = Call("POST", "/v1/transfers", b"{}", (("idempotency-key", "k"),), transfers=1)
@@ -146,3 +147,21 @@ async def test_an_open_loop_needs_a_rate() -> None:
     measured = Measured("single", "sqlite", "open", clients=0, seconds=0)
     with pytest.raises(ValueError, match="rate"):
         await open_loop("http://127.0.0.1:1", transfers, measured, warmup=0, seconds=1)
+
+
+async def test_the_timeline_places_each_request_in_the_slice_of_its_intended_send_time() -> None:
+    hold = asyncio.Event()
+    async with ScriptedServer(hold=hold) as server:
+        measured = Measured("single", "sqlite", "open", clients=0, seconds=0, intended_rate=RATE)
+        measured.timeline = Timeline(slice_seconds=SECONDS / 4)
+        running = asyncio.create_task(
+            open_loop(server.base_url, transfers, measured, warmup=0, seconds=SECONDS)
+        )
+        await asyncio.wait_for(server.received(SCHEDULED), HANG)
+        hold.set()  # every answer comes after the last request left, whenever it was meant to leave
+        await running
+    slices = measured.timeline.as_json()
+    # The schedule's instants are exact binary fractions: SCHEDULED / 4 in each quarter.
+    assert [point["requests"] for point in slices] == [SCHEDULED // 4] * 4
+    assert [point["errors"] for point in slices] == [0] * 4
+    assert all(point["p50_ms"] is not None for point in slices)

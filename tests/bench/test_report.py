@@ -7,6 +7,9 @@ Invariants, in plain words:
 - results.json holds the machine, the settings, every ceiling and every measurement, with its
   histogram; the chart is one self-contained page with one line per measurement that has samples,
   its x axis marked by percentile up to the tail its samples resolve;
+- the timeline shows every slice from the first to the last, a slice with no request included,
+  each with its requests, its failures and the latencies of its answers; the chart draws it for
+  the measurements that have one;
 - options out of range are refused before anything runs.
 """
 
@@ -24,7 +27,7 @@ from tally.bench.databases import DatabaseResult
 from tally.bench.loops import Measurement
 from tally.bench.options import BenchOptions
 from tally.bench.report import Report, errors_by_code
-from tally.bench.results import Measured, record
+from tally.bench.results import Measured, Timeline, record
 from tally.cli import main
 
 
@@ -146,6 +149,35 @@ def test_the_chart_is_one_page_with_a_line_per_measurement_with_samples() -> Non
     assert ">99.99%<" in page  # 20,000 samples resolve the 99.99th percentile
     assert "<script" not in page
     assert "http" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
+
+
+def test_the_timeline_lists_every_slice_with_its_requests_failures_and_latencies() -> None:
+    timeline = Timeline(slice_seconds=0.5)
+    timeline.add(0.1, 0.005, failed=False)
+    timeline.add(0.2, None, failed=True)  # no answer: counted, not timed
+    timeline.add(0.3, 0.009, failed=True)  # an answer that is not a 2xx
+    timeline.add(1.6, 0.040, failed=False)
+    slices = timeline.as_json()
+    assert [point["at_s"] for point in slices] == [0.0, 0.5, 1.0, 1.5]
+    assert [point["requests"] for point in slices] == [3, 0, 0, 1]
+    assert [point["errors"] for point in slices] == [2, 0, 0, 0]
+    assert (slices[0]["p50_ms"], slices[0]["max_ms"]) == (9.0, 9.0)  # of two answers, the upper
+    assert slices[1]["p99_ms"] is None  # nothing sent then: a stall of the sender shows as a gap
+    assert slices[3]["p99_ms"] == 40.0
+
+
+def test_the_chart_draws_the_p99_over_the_run_for_measurements_with_a_timeline() -> None:
+    over_time = measured("single", {"201": 3}, mode="open")
+    for at, latency in ((0.1, 0.004), (0.6, 0.300), (1.1, 0.005)):
+        over_time.timeline.add(at, latency, failed=False)
+    lines = [Line("open", over_time), Line("ceiling", measured("ceiling-single", {"201": 9}), ceiling=True)]
+    page = chart_html(lines, title="bench")
+    by_percentile, over_the_run = page.split("P99 over the run")
+    assert by_percentile.count("<polyline") == 2
+    assert over_the_run.count("<polyline") == 1  # the ceiling has no timeline
+    points = over_the_run.split('<polyline points="')[1].split('"')[0].split()
+    assert len(points) == 3
+    assert float(points[1].split(",")[1]) < float(points[0].split(",")[1])  # 300 ms sits higher
 
 
 @pytest.mark.parametrize(

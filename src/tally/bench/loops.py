@@ -95,8 +95,10 @@ class Window:
         self.measured.statuses[status] += 1
         self.transfers += call.transfers
         self.last_answer = max(self.last_answer, answered_at)
-        if timed:
-            record(self.measured.histogram, answered_at - sent_at)
+        latency = answered_at - sent_at if timed else None
+        if latency is not None:
+            record(self.measured.histogram, latency)
+        self.measured.timeline.add(sent_at - self.opens, latency, failed=not status.startswith("2"))
 
     def finish(self) -> Measurement:
         self.measured.seconds = self.last_answer - self.opens

@@ -34,6 +34,9 @@ NOTES = (
     "clients are the connections it took, the most requests in flight at once.",
     "achieved/s counts answers over the time from the window's start to the last answer.",
     "P99.9 is shown only with at least 10,000 samples.",
+    "Timeline (results.json, and the second chart of latency.html): each measurement's requests by "
+    "the half second they were (meant to be) sent in, with their failures and P50/P99/max; the "
+    "server's scheduled jobs run 30 s after it starts, inside whichever measurement runs then.",
 )
 
 

@@ -1,8 +1,13 @@
-"""What one measurement of ``tally bench`` holds: counts, statuses and an HDR latency histogram.
+"""What one measurement of ``tally bench`` holds: counts, statuses, an HDR latency histogram and a
+timeline.
 
 Every part of the bench (the HTTP load generator, the raw database ceilings, pgbench) reports a
 ``Measured``, so the report treats them alike. Latencies are recorded in microseconds, from 1 µs to
 60 s, with three significant digits (HdrHistogram); a value past 60 s is recorded as 60 s.
+
+The timeline (the load generator's measurements only) places each request in the half second in
+which it was sent, or meant to be sent in the open loop, with its latency and whether it failed: a
+stall shows as the slice of the run where it happened, which a histogram of the whole run hides.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ HIGHEST_MICROS = 60_000_000
 SIGNIFICANT_DIGITS = 3
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
 P999_MIN_SAMPLES = 10_000  # below this, P99.9 is one or two samples: not reported
+SLICE_SECONDS = 0.5  # the timeline's resolution
 
 
 def new_histogram() -> HdrHistogram:
@@ -28,6 +34,60 @@ def record(histogram: HdrHistogram, seconds: float) -> None:
     """Record one latency, given in seconds."""
     micros = round(seconds * 1_000_000)
     histogram.record_value(min(max(micros, LOWEST_MICROS), HIGHEST_MICROS))
+
+
+@dataclass
+class Slice:
+    """The requests sent in one slice of the timeline."""
+
+    requests: int = 0
+    errors: int = 0  # outcomes other than 2xx, transport errors and refusals included
+    latencies: list[float] = field(default_factory=list)  # seconds, of the answered ones
+
+    def as_json(self, at: float) -> dict[str, Any]:
+        ordered = sorted(self.latencies)
+
+        def ms(fraction: float) -> float | None:
+            if not ordered:
+                return None
+            return round(ordered[min(len(ordered) - 1, int(len(ordered) * fraction))] * 1000, 3)
+
+        return {
+            "at_s": at,
+            "requests": self.requests,
+            "errors": self.errors,
+            "p50_ms": ms(0.5),
+            "p99_ms": ms(0.99),
+            "max_ms": ms(1.0),
+        }
+
+
+@dataclass
+class Timeline:
+    """Requests by the slice of the run they were (meant to be) sent in; see the module docstring."""
+
+    slice_seconds: float = SLICE_SECONDS
+    slices: dict[int, Slice] = field(default_factory=dict)
+
+    def add(self, sent_after: float, latency: float | None, *, failed: bool) -> None:
+        """One request, sent ``sent_after`` seconds into the window; ``latency`` None: no answer."""
+        number = max(0, int(sent_after // self.slice_seconds))
+        found = self.slices.get(number)
+        if found is None:
+            found = self.slices[number] = Slice()
+        found.requests += 1
+        found.errors += failed
+        if latency is not None:
+            found.latencies.append(latency)
+
+    def as_json(self) -> list[dict[str, Any]]:
+        """Every slice from the first to the last, an empty one (a total stall) included."""
+        if not self.slices:
+            return []
+        return [
+            self.slices.get(number, Slice()).as_json(round(number * self.slice_seconds, 3))
+            for number in range(max(self.slices) + 1)
+        ]
 
 
 @dataclass
@@ -49,6 +109,7 @@ class Measured:
     units_per_request: int = 1
     statuses: Counter[str] = field(default_factory=Counter)
     histogram: HdrHistogram = field(default_factory=new_histogram)
+    timeline: Timeline = field(default_factory=Timeline)
 
     @property
     def requests(self) -> int:
@@ -96,4 +157,5 @@ class Measured:
                 "max": self.max_ms(),
             },
             "histogram": self.histogram.encode().decode(),  # HdrHistogram's compressed base64 form
+            "timeline": {"slice_seconds": self.timeline.slice_seconds, "slices": self.timeline.as_json()},
         }
