@@ -159,6 +159,11 @@ class Settings(BaseSettings):
         default=None,
         description="When set, GET /metrics and /dashboard need it as a Bearer token (at least 16 chars).",
     )
+    route_shortcuts: bool = Field(
+        default=True,
+        description="POST /v1/transfers served past FastAPI's routing and dependency solving (ADR 0043); "
+        "false serves it through FastAPI like every other route.",
+    )
     metrics_enabled: bool = Field(
         default=True,
         description="Prometheus metrics and statement timing; off, /metrics and /dashboard answer 404.",

@@ -28,6 +28,7 @@ from tally.api.routes import (
     webhooks,
 )
 from tally.api.schemas import ProblemOut
+from tally.api.shortcuts import shortcuts
 from tally.config import Settings
 from tally.domain import errors
 from tally.observability.requests import RequestMetrics
@@ -80,6 +81,7 @@ def create_app(tally: Service) -> FastAPI:
         max_body_bytes=tally.max_body_bytes,
         body_read_seconds=tally.settings.body_read_timeout_ms / 1000,
         observer=tally.request_observer,
+        shortcuts=shortcuts(app) if tally.settings.route_shortcuts else None,
     )
     _install_error_handlers(app)
     app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]

@@ -13,6 +13,9 @@ that sends its headers and then trickles its body, or nothing, would otherwise h
 (RFC 9110 §15.5.9). That comes before authentication: a request that never finished arriving has
 no precedence to keep.
 
+A request whose (method, path) has a shortcut (``api.shortcuts``, ADR 0043) is handed to it rather
+than to the app's routing; everything in this middleware applies to it the same.
+
 When metrics are on, each exchange is handed to ``observability.requests.RequestMetrics`` once the
 response is sent, with what the response said: status, ``Idempotent-Replayed`` and, for a
 problem+json body, its ``code``. The statements the request ran are counted in a ``QueryTally``
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -46,8 +50,10 @@ class RequestContextMiddleware:
         max_body_bytes: int,
         body_read_seconds: float = 10.0,
         observer: RequestMetrics | None = None,
+        shortcuts: Mapping[tuple[str, str], ASGIApp] | None = None,
     ) -> None:
         self.app = app
+        self.shortcuts = shortcuts or {}  # (method, path) → an app that serves it (api.shortcuts)
         self.max_body_bytes = max_body_bytes
         self.body_read_seconds = body_read_seconds
         self.observer = observer
@@ -78,8 +84,9 @@ class RequestContextMiddleware:
             if body is None:
                 scope["state"]["body_too_large"] = True
                 body = b""
+            app = self.shortcuts.get((scope["method"], scope["path"]), self.app)
             try:
-                await self.app(scope, _replay(body, receive), response.send)
+                await app(scope, _replay(body, receive), response.send)
             except Exception:
                 # Answered here rather than by Starlette's outermost handler, so that a 500 carries
                 # X-Request-ID like every other response. No detail reaches the client.

@@ -93,6 +93,7 @@ _RATE_LIMITED_RESPONSE: dict[str, Any] = {
     "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
 }
 _SCOPE = {Access.READ: Scope.READ, Access.WRITE: Scope.WRITE, Access.ADMIN: Scope.ADMIN}
+Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 
 
 def access(level: Access, *, long: bool = False) -> dict[str, Any]:
@@ -140,7 +141,11 @@ class TallyRoute(APIRoute):
         super().__init__(path, endpoint, **kwargs)
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
+        return self.guarded(super().get_route_handler())
+
+    def guarded(self, handler: Handler) -> Handler:
+        """``handler`` behind this route's checks: budget, authentication, scope, rate limit, body
+        size and depth, headers; then the stale labels and the rate-limit policy on its answer."""
         level = self.access
         long = self.long
 
