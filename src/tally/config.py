@@ -159,6 +159,11 @@ class Settings(BaseSettings):
         default=None,
         description="When set, GET /metrics and /dashboard need it as a Bearer token (at least 16 chars).",
     )
+    gc_thresholds: Annotated[tuple[int, int, int] | None, NoDecode] = Field(
+        default=(20_000, 50, 50),
+        description="gc.set_threshold for each tally serve process, as 'young,middle,old' "
+        "(ADR 0030, addendum); 'python' keeps Python's own 700,10,10.",
+    )
     route_shortcuts: bool = Field(
         default=True,
         description="POST /v1/transfers served past FastAPI's routing and dependency solving (ADR 0043); "
@@ -263,6 +268,20 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             names = [name.strip() for name in value.split(",") if name.strip()]
             return [] if names == ["off"] else names
+        return value
+
+    @field_validator("gc_thresholds", mode="before")
+    @classmethod
+    def _split_gc_thresholds(cls, value: object) -> object:
+        if isinstance(value, str):
+            if value.strip() == "python":
+                return None
+            parts = [part.strip() for part in value.split(",")]
+            if len(parts) != 3 or not all(part.isdigit() and int(part) > 0 for part in parts):
+                raise ValueError(
+                    "TALLY_GC_THRESHOLDS is three positive integers, 'young,middle,old', or 'python'."
+                )
+            return tuple(int(part) for part in parts)
         return value
 
     @field_validator("root_key")
