@@ -12,7 +12,7 @@ and FastAPI's dependency solving. What a request meets is otherwise the same, an
 - the route's endpoint function, and the app's exception handlers for what it raises.
 
 The route stays declared in FastAPI: the OpenAPI document is unchanged, and the route is served
-there if the shortcut is not installed (``TALLY_ROUTE_SHORTCUTS=off``).
+there if the shortcut is not installed (``TALLY_ROUTE_SHORTCUTS=false``).
 """
 
 from __future__ import annotations

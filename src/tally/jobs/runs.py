@@ -181,10 +181,10 @@ async def run_batch_job(
                 began = time.monotonic()
                 run = await retry_conflicts(partial(_step, database, job, run, lease))
                 steps += 1
-                if run.status is RunStatus.RUNNING:
-                    await _give_way(time.monotonic() - began)
                 if progress is not None:
                     progress.update(run.done)
+                if run.status is RunStatus.RUNNING:
+                    await _give_way(time.monotonic() - began)
         except LostRun:
             raise
         except Exception:
