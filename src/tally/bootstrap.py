@@ -20,7 +20,7 @@ from tally.cache.rate_limits import DecisionCounter, build_rate_limiter
 from tally.config import Settings
 from tally.domain.errors import Unavailable
 from tally.jobs.scheduler import Scheduler, scheduler_from
-from tally.observability.context import job_context, set_job, set_request_ids
+from tally.observability.context import set_job, set_request_ids, task_context
 from tally.observability.logging import configure_logging, get_logger
 from tally.observability.loop_lag import watch_loop_lag
 from tally.observability.queries import QueryTally, current_tally, start_tally
@@ -109,7 +109,7 @@ class Tally:
             return start_tally()
 
         return GroupHooks(
-            runner_context=partial(job_context, "transfer_groups"),
+            runner_context=partial(task_context, "transfer_groups"),
             request_count=current_tally,
             group_began=began,
             written=self.telemetry.metrics.transfer_group_size.observe if self.telemetry else _ignore,
@@ -136,9 +136,9 @@ class Tally:
         if self.telemetry is not None:
             self._sampler = asyncio.create_task(self._sample_queues(), name="tally-queue-sampler")
         lag = self.telemetry.metrics.loop_lag.observe if self.telemetry is not None else None
-        watching = contextvars.copy_context()
-        watching.run(set_job, "loop_lag")
-        self._lag_watch = asyncio.create_task(watch_loop_lag(lag), name="tally-loop-lag", context=watching)
+        self._lag_watch = asyncio.create_task(
+            watch_loop_lag(lag), name="tally-loop-lag", context=task_context("loop_lag")
+        )
         self._working = not api or self.settings.worker_enabled
         if self._working:
             self.worker.start()

@@ -53,8 +53,9 @@ def current_request_ids() -> tuple[str, ...] | None:
     return _request_ids.get()
 
 
-def job_context(name: str) -> Context:
-    """A fresh context for a background task whose lines carry ``job``: ``name``."""
+def task_context(job: str) -> Context:
+    """A fresh context for a background task whose lines carry ``job`` (nothing of the creator's
+    request, budget or reads). ``background.job_context`` is the other kind: a queued job's lines."""
     context = Context()
-    context.run(set_job, name)
+    context.run(set_job, job)
     return context
