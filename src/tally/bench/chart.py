@@ -44,7 +44,7 @@ def chart_html(lines: Sequence[Line], *, title: str, caption: str = "") -> str:
     """The page: ``title``, the chart of ``lines`` (those with samples), then ``caption`` as text."""
     drawn = [line for line in lines if line.measured.histogram.get_total_count() > 0]
     svg = _svg(drawn) if drawn else "<p>No latency was recorded.</p>"
-    timed = [line for line in drawn if timeline(line.measured)]
+    timed = [(line, points) for line in drawn if (points := timeline(line.measured))]
     if timed:
         svg += "\n<h2>P99 over the run, by half second of sending</h2>\n" + _timeline_svg(timed)
     return (
@@ -91,8 +91,9 @@ def _svg(lines: Sequence[Line]) -> str:
     return plot.drawn(lines, curves, "percentile")
 
 
-def _timeline_svg(lines: Sequence[Line]) -> str:
-    curves = [timeline(line.measured) for line in lines]
+def _timeline_svg(timed: Sequence[tuple[Line, _Points]]) -> str:
+    lines = [line for line, _ in timed]
+    curves = [points for _, points in timed]
     seconds = max(1, math.ceil(max(at for points in curves for at, _ in points) + 0.5))
     plot = _Plot(curves, lambda at: at / seconds)
     step = 1 if seconds <= 20 else 5 if seconds <= 100 else 30
