@@ -43,11 +43,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the tests' cache servers
 
 import httpx
-from bench_fixture import ledger_with_two_accounts, percentile, print_table
+from bench_fixture import ledger_with_two_accounts, print_table
 from bench_observability import start
 from prometheus_client.parser import text_string_to_metric_families
 from tests.cache_servers import cache_server
 
+from tally.bench.results import percentile
 from tally.bench.server_load import cpu_seconds
 from tally.domain.keys import new_secret
 

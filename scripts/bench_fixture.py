@@ -70,12 +70,6 @@ async def ledger_with_two_accounts(client: httpx.AsyncClient, root: str) -> dict
     return headers
 
 
-def percentile(sorted_values: list[float], fraction: float) -> float:
-    """The nearest-rank percentile of already sorted values (``fraction`` 0.99 for P99)."""
-    index = min(len(sorted_values) - 1, max(0, round(fraction * len(sorted_values)) - 1))
-    return sorted_values[index]
-
-
 def print_table(columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> None:
     """The benches' table: one right-aligned column of 20 characters per field."""
     print("  ".join(f"{column:>20}" for column in columns))

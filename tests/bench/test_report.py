@@ -161,7 +161,7 @@ def test_the_timeline_lists_every_slice_with_its_requests_failures_and_latencies
     assert [point["at_s"] for point in slices] == [0.0, 0.5, 1.0, 1.5]
     assert [point["requests"] for point in slices] == [3, 0, 0, 1]
     assert [point["errors"] for point in slices] == [2, 0, 0, 0]
-    assert (slices[0]["p50_ms"], slices[0]["max_ms"]) == (9.0, 9.0)  # of two answers, the upper
+    assert (slices[0]["p50_ms"], slices[0]["max_ms"]) == (5.0, 9.0)  # nearest rank: of two, the lower
     assert slices[1]["p99_ms"] is None  # nothing sent then: a stall of the sender shows as a gap
     assert slices[3]["p99_ms"] == 40.0
 

@@ -13,6 +13,7 @@ stall shows as the slice of the run where it happened, which a histogram of the 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,12 @@ SLICE_SECONDS = 0.5  # the timeline's resolution
 
 def new_histogram() -> HdrHistogram:
     return HdrHistogram(LOWEST_MICROS, HIGHEST_MICROS, SIGNIFICANT_DIGITS)
+
+
+def percentile(sorted_values: Sequence[float], fraction: float) -> float:
+    """The nearest-rank percentile of already sorted values (``fraction`` 0.99 for P99)."""
+    index = min(len(sorted_values) - 1, max(0, round(fraction * len(sorted_values)) - 1))
+    return sorted_values[index]
 
 
 def record(histogram: HdrHistogram, seconds: float) -> None:
@@ -48,9 +55,7 @@ class Slice:
         ordered = sorted(self.latencies)
 
         def ms(fraction: float) -> float | None:
-            if not ordered:
-                return None
-            return round(ordered[min(len(ordered) - 1, int(len(ordered) * fraction))] * 1000, 3)
+            return round(percentile(ordered, fraction) * 1000, 3) if ordered else None
 
         return {
             "at_s": at,
