@@ -32,10 +32,11 @@ lock: ## Re-lock the Python dependencies (needs uv)
 	uv pip compile pyproject.toml --generate-hashes --python-version 3.11 -o requirements/runtime.lock
 	uv pip compile pyproject.toml --extra dev --generate-hashes --python-version 3.11 -o requirements/dev.lock
 
-bench: ## tally bench (every scenario on SQLite and PostgreSQL next to their ceilings), then the observability overhead, balance reads with no cache, memory, Redis and Memcached, WAL per transfer by balance shape, time per statement on SQLite and PostgreSQL (SQLAlchemy against the driver path)
+bench: ## tally bench (every scenario on SQLite and PostgreSQL next to their ceilings), then the observability overhead, balance reads with no cache, memory, Redis and Memcached, WAL per transfer by balance shape, time per statement on SQLite and PostgreSQL (SQLAlchemy against the driver path), and the floor: the ceiling's transaction served over HTTP by a bare ASGI app, with CPU added per transfer
 	./scripts/bootstrap.sh dev
 	$(VENV)/tally bench
 	$(VENV)/python scripts/bench_observability.py
 	$(VENV)/python scripts/bench_cache.py
 	$(VENV)/python scripts/bench_account_balances.py
 	$(VENV)/python scripts/bench_statements.py
+	$(VENV)/python scripts/bench_db_floor.py --spin-us 0 --spin-us 150 --spin-us 300 --spin-us 450

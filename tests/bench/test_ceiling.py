@@ -11,10 +11,13 @@ No timing is asserted; each ceiling runs for about a second.
 
 from __future__ import annotations
 
+import asyncio
+import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tally.bench import ceiling, pgbench
@@ -130,3 +133,39 @@ def test_a_pgbench_log_gives_latencies_and_failures_and_leaves_the_warm_up_out()
     assert measured.statuses == {"201": 2, "error failed": 1}
     assert measured.histogram.get_total_count() == 2
     assert measured.seconds == pytest.approx(103.0 - 100.8)
+
+
+def floor_module() -> Any:
+    """``scripts/bench_db_floor.py``, which is a script, not a package module."""
+    path = Path(__file__).resolve().parents[2] / "scripts" / "bench_db_floor.py"
+    spec = importlib.util.spec_from_file_location("bench_db_floor", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.usefixtures("sqlite")
+@pytest.mark.parametrize("commit_on_loop", [False, True], ids=["commit-in-thread", "commit-on-loop"])
+async def test_the_floor_service_writes_grouped_singles_and_a_batch_as_balanced_books(
+    tmp_path: Path, commit_on_loop: bool
+) -> None:
+    floor = floor_module()
+    books = ceiling.Books(tmp_path / "tally.db", ACCOUNTS)
+    app = floor.Floor(books, commit_on_loop=commit_on_loop, spin_us=0)
+    calls = floor.Calls(ACCOUNTS)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://floor") as client:
+
+        async def send(call: Any) -> httpx.Response:
+            return await client.request(call.method, call.path, content=call.body, headers=dict(call.headers))
+
+        singles = await asyncio.gather(*(send(calls.single()) for _ in range(40)))
+        batch = await send(calls.batch())
+
+    assert {answer.status_code for answer in singles} == {201}
+    assert all(answer.json()["status"] == "posted" for answer in singles)
+    assert batch.status_code == 200
+    assert len(batch.json()["results"]) == floor.BATCH_SIZE
+    check_books(tmp_path, transfers=40 + floor.BATCH_SIZE, requests=41)

@@ -12,6 +12,9 @@ statement, executed for both); the transfer; its two legs; its two entries; its
 ``POST /v1/transfers/batch`` does (one idempotency record holding every result, one event per
 transfer), but with one statement per table per batch: the database's batched ceiling.
 
+``write_transfer`` and ``write_batch`` are those statements inside an open transaction, for
+``scripts/bench_db_floor.py``, which serves them over HTTP.
+
 Both run between two random distinct accounts of ``accounts`` credit-normal, unbounded accounts
 opened in the file first, and check no business rule: the ceiling is the database's work alone.
 A committed transaction counts as ``"201"``, what the API answers for it; its latency, from the
@@ -92,7 +95,7 @@ _INSERT_KEY = (
 
 
 @dataclass
-class _Account:
+class BookAccount:
     pk: int
     id: str
     posted: int = 0
@@ -100,16 +103,16 @@ class _Account:
 
 
 @dataclass(frozen=True)
-class _Move:
+class Move:
     """One transfer's legs and amount, and the id it is created under."""
 
     id: str
-    debit: _Account
-    credit: _Account
+    debit: BookAccount
+    credit: BookAccount
     amount: int
 
 
-class _Books:
+class Books:
     """The open file, its ledger and accounts, and a write clock that never goes back."""
 
     def __init__(self, path: Path, accounts: int) -> None:
@@ -127,18 +130,19 @@ class _Books:
         self._last = 0
         self.ledger = new_id("led")
         self.accounts = self._open(accounts)
+        self.by_id = {account.id: account for account in self.accounts}
         self.random = random.Random()  # noqa: S311 - picks accounts, not secrets
 
     def now(self) -> int:
         self._last = max(time.time_ns() // 1000, self._last + 1)
         return self._last
 
-    def pick(self) -> tuple[_Account, _Account]:
+    def pick(self) -> tuple[BookAccount, BookAccount]:
         debit, credit = self.random.sample(self.accounts, 2)
         return debit, credit
 
-    def moves(self, count: int) -> list[_Move]:
-        return [_Move(new_id("tr"), *self.pick(), self.random.randint(1, 1000)) for _ in range(count)]
+    def moves(self, count: int) -> list[Move]:
+        return [Move(new_id("tr"), *self.pick(), self.random.randint(1, 1000)) for _ in range(count)]
 
     @contextmanager
     def write(self, key: str) -> Iterator[None]:
@@ -146,23 +150,31 @@ class _Books:
 
         The key is always fresh (nothing stored under it), so the block always runs.
         """
-        self.db.execute("BEGIN IMMEDIATE")
+        self.begin()
         try:
-            self.db.execute(_LAST_EVENT).fetchone()  # the adapter's catch-up with other processes
-            self.db.execute(_KEY, (self.ledger, key)).fetchone()
+            self.look_up(key)
             yield
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
 
-    def lock(self, moves: list[_Move]) -> None:
+    def begin(self) -> None:
+        """Open a write transaction as the adapter does, with its catch-up with other processes."""
+        self.db.execute("BEGIN IMMEDIATE")
+        self.db.execute(_LAST_EVENT).fetchone()
+
+    def look_up(self, key: str) -> None:
+        """The idempotency lookup of ``key`` (always fresh here: nothing is stored under it)."""
+        self.db.execute(_KEY, (self.ledger, key)).fetchone()
+
+    def lock(self, moves: list[Move]) -> None:
         """Read the accounts of ``moves`` with their balances (SQLite's write lock is held)."""
         ids = sorted({account.id for move in moves for account in (move.debit, move.credit)})
         query = _ACCOUNTS.format(", ".join("?" * len(ids)))
         self.db.execute(query, (self.ledger, *ids)).fetchall()
 
-    def _open(self, count: int) -> list[_Account]:
+    def _open(self, count: int) -> list[BookAccount]:
         now = self.now()
         self.db.execute("BEGIN IMMEDIATE")
         self.db.execute(
@@ -177,7 +189,7 @@ class _Books:
                 " VALUES (?, ?, NULL, ?, 'credit', NULL, NULL, 'open', '{}', ?, ?, ?) RETURNING pk",
                 (self.ledger, account_id, CURRENCY, _digest(account_id), now, now),
             ).fetchone()
-            opened.append(_Account(row[0], account_id))
+            opened.append(BookAccount(row[0], account_id))
         self.db.executemany(
             "INSERT INTO account_balances (account_pk, posted, pending_debits, pending_credits, version,"
             " updated_at) VALUES (?, 0, 0, 0, 0, ?)",
@@ -197,7 +209,7 @@ def _iso(micros: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{fraction:06d}Z"
 
 
-def _view(move: _Move, micros: int) -> dict[str, Any]:
+def _view(move: Move, micros: int) -> dict[str, Any]:
     """The transfer as ``services.views.transfer_view`` shows a posted simple transfer."""
     at = _iso(micros)
     legs = [(move.debit, "debit"), (move.credit, "credit")]
@@ -223,7 +235,7 @@ def _view(move: _Move, micros: int) -> dict[str, Any]:
     }
 
 
-def _apply(move: _Move) -> None:
+def _apply(move: Move) -> None:
     """Move the balances: a debit lowers a credit-normal account, a credit raises it."""
     move.debit.posted -= move.amount
     move.credit.posted += move.amount
@@ -231,72 +243,86 @@ def _apply(move: _Move) -> None:
     move.credit.version += 1
 
 
-def _single(books: _Books) -> None:
+def _single(books: Books) -> None:
     """One transfer, statement for statement as ``POST /v1/transfers`` runs it on SQLite."""
-    db, ledger = books.db, books.ledger
     key, request_id = uuid.uuid4().hex, f"req_{uuid.uuid4().hex}"  # as a client and the middleware
     (move,) = books.moves(1)
     with books.write(key):
-        books.lock([move])
-        now = books.now()
-        _apply(move)
-        db.executemany(
-            _SAVE_BALANCE,
-            [(a.posted, a.version, now, a.pk) for a in sorted((move.debit, move.credit), key=lambda a: a.pk)],
-        )
-        (transfer_pk,) = db.execute(_INSERT_TRANSFER, (ledger, move.id, _digest(key), now, now)).fetchone()
-        db.executemany(_INSERT_LEG, _legs(transfer_pk, move))
-        db.executemany(_INSERT_ENTRY, _entries(transfer_pk, move, now))
-        view = _view(move, now)
-        event = (new_id("evt"), ledger, "transfer.created", _event_data(view), request_id, now)
-        db.execute(_INSERT_EVENT, event).fetchone()
-        db.execute(
-            _INSERT_KEY, (ledger, key, _digest(key + "!"), orjson.dumps(view), now, now + RETENTION_MICROS)
-        )
+        write_transfer(books, move, key, request_id)
 
 
-def _batch(books: _Books, size: int) -> None:
+def write_transfer(books: Books, move: Move, key: str, request_id: str) -> dict[str, Any]:
+    """One transfer's statements after its idempotency lookup, in the open write transaction;
+    returns the transfer's view (its reply)."""
+    db, ledger = books.db, books.ledger
+    books.lock([move])
+    now = books.now()
+    _apply(move)
+    db.executemany(
+        _SAVE_BALANCE,
+        [(a.posted, a.version, now, a.pk) for a in sorted((move.debit, move.credit), key=lambda a: a.pk)],
+    )
+    (transfer_pk,) = db.execute(_INSERT_TRANSFER, (ledger, move.id, _digest(key), now, now)).fetchone()
+    db.executemany(_INSERT_LEG, _legs(transfer_pk, move))
+    db.executemany(_INSERT_ENTRY, _entries(transfer_pk, move, now))
+    view = _view(move, now)
+    event = (new_id("evt"), ledger, "transfer.created", _event_data(view), request_id, now)
+    db.execute(_INSERT_EVENT, event).fetchone()
+    db.execute(
+        _INSERT_KEY, (ledger, key, _digest(key + "!"), orjson.dumps(view), now, now + RETENTION_MICROS)
+    )
+    return view
+
+
+def _batch(books: Books, size: int) -> None:
     """``size`` transfers in one transaction, one statement per table (``executemany``).
 
     The transfers' pks are chosen here, after the highest one, rather than read back one insert at
     a time: under SQLite's write lock no other writer can take them.
     """
-    db, ledger = books.db, books.ledger
     key, request_id = uuid.uuid4().hex, f"req_{uuid.uuid4().hex}"
     moves = books.moves(size)
     with books.write(key):
-        books.lock(moves)
-        now = books.now()
-        (highest,) = db.execute("SELECT coalesce(max(pk), 0) FROM transfers").fetchone()
-        transfers, legs, entries, events, results = [], [], [], [], []
-        touched: dict[int, _Account] = {}
-        for index, move in enumerate(moves):
-            transfer_pk = highest + 1 + index
-            _apply(move)  # in order: each entry carries the balance after its own transfer
-            touched[move.debit.pk], touched[move.credit.pk] = move.debit, move.credit
-            transfers.append((transfer_pk, ledger, move.id, _digest(f"{key}/{index}"), now, now))
-            legs += _legs(transfer_pk, move)
-            entries += _entries(transfer_pk, move, now)
-            view = _view(move, now)
-            events.append((new_id("evt"), ledger, "transfer.created", _event_data(view), request_id, now))
-            results.append({"index": index, "status": "created", "transfer": view})
-        db.executemany(_SAVE_BALANCE, [(a.posted, a.version, now, pk) for pk, a in sorted(touched.items())])
-        db.executemany(_INSERT_TRANSFER_AT, transfers)
-        db.executemany(_INSERT_LEG, legs)
-        db.executemany(_INSERT_ENTRY, entries)
-        db.executemany(_EVENT, events)
-        reply = orjson.dumps({"results": results})
-        db.execute(_INSERT_KEY, (ledger, key, _digest(key + "!"), reply, now, now + RETENTION_MICROS))
+        write_batch(books, moves, key, request_id)
 
 
-def _legs(transfer_pk: int, move: _Move) -> list[tuple[Any, ...]]:
+def write_batch(books: Books, moves: list[Move], key: str, request_id: str) -> bytes:
+    """A batch's statements after its idempotency lookup, in the open write transaction; returns
+    its reply, as stored under ``key``."""
+    db, ledger = books.db, books.ledger
+    books.lock(moves)
+    now = books.now()
+    (highest,) = db.execute("SELECT coalesce(max(pk), 0) FROM transfers").fetchone()
+    transfers, legs, entries, events, results = [], [], [], [], []
+    touched: dict[int, BookAccount] = {}
+    for index, move in enumerate(moves):
+        transfer_pk = highest + 1 + index
+        _apply(move)  # in order: each entry carries the balance after its own transfer
+        touched[move.debit.pk], touched[move.credit.pk] = move.debit, move.credit
+        transfers.append((transfer_pk, ledger, move.id, _digest(f"{key}/{index}"), now, now))
+        legs += _legs(transfer_pk, move)
+        entries += _entries(transfer_pk, move, now)
+        view = _view(move, now)
+        events.append((new_id("evt"), ledger, "transfer.created", _event_data(view), request_id, now))
+        results.append({"index": index, "status": "created", "transfer": view})
+    db.executemany(_SAVE_BALANCE, [(a.posted, a.version, now, pk) for pk, a in sorted(touched.items())])
+    db.executemany(_INSERT_TRANSFER_AT, transfers)
+    db.executemany(_INSERT_LEG, legs)
+    db.executemany(_INSERT_ENTRY, entries)
+    db.executemany(_EVENT, events)
+    reply = orjson.dumps({"results": results})
+    db.execute(_INSERT_KEY, (ledger, key, _digest(key + "!"), reply, now, now + RETENTION_MICROS))
+    return reply
+
+
+def _legs(transfer_pk: int, move: Move) -> list[tuple[Any, ...]]:
     return [
         (transfer_pk, 0, move.debit.pk, "debit", move.amount),
         (transfer_pk, 1, move.credit.pk, "credit", move.amount),
     ]
 
 
-def _entries(transfer_pk: int, move: _Move, now: int) -> list[tuple[Any, ...]]:
+def _entries(transfer_pk: int, move: Move, now: int) -> list[tuple[Any, ...]]:
     return [
         (a.pk, transfer_pk, side, move.amount, a.posted, a.version, now)
         for a, side in ((move.debit, "debit"), (move.credit, "credit"))
@@ -308,10 +334,10 @@ def _event_data(view: dict[str, Any]) -> str:
 
 
 def _measure(
-    path: Path, accounts: int, transact: Callable[[_Books], None], measured: Measured, warmup: float
+    path: Path, accounts: int, transact: Callable[[Books], None], measured: Measured, warmup: float
 ) -> Measured:
     """Open the books, run ``transact`` back to back for ``warmup`` then ``measured.seconds``."""
-    books = _Books(path, accounts)
+    books = Books(path, accounts)
     try:
         until = time.perf_counter() + warmup
         while time.perf_counter() < until:
