@@ -257,6 +257,43 @@ async def test_a_request_cancelled_while_queued_is_withdrawn_and_one_cancelled_i
         assert balance["posted"] == 100 - 7 - 5
 
 
+async def test_a_group_answers_its_members_before_the_next_group_begins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The next group's statements do not yield to the event loop: if they ran first, every member
+    # would wait a whole group longer than its own for its answer.
+    gate = asyncio.Event()
+    order: list[str] = []
+
+    async def held(tx: Any, members: list[KeyedTransfer]) -> Any:
+        order.append("group " + ",".join(member.key.key for member in members))
+        if len(order) == 1:
+            await gate.wait()
+        return await create_transfers(tx, members)
+
+    create = TransferGroups.create
+
+    async def answered(self: TransferGroups, member: KeyedTransfer, alone: Any) -> Any:
+        outcome = await create(self, member, alone)
+        order.append(f"answered {member.key.key}")
+        return outcome
+
+    async with _service(tmp_path, limit=32) as (tally, client):
+        ledgers = await _ledgers(client)
+        monkeypatch.setattr(transfer_groups, "create_transfers", held)
+        monkeypatch.setattr(TransferGroups, "create", answered)
+        first = asyncio.create_task(_post(client, ledgers, ("main", "k-1", _body("wallet", "shop", 1))))
+        await _until(lambda: len(order) == 1)
+        second = asyncio.create_task(_post(client, ledgers, ("main", "k-2", _body("wallet", "shop", 2))))
+        assert tally.transfer_groups is not None
+        groups_ = tally.transfer_groups
+        await _until(lambda: groups_.queued == 1)
+        gate.set()
+        assert [(await task).status_code for task in (first, second)] == [201, 201]
+
+    assert order == ["group k-1", "answered k-1", "group k-2", "answered k-2"]
+
+
 async def _until(condition: Callable[[], bool], seconds: float = 10.0) -> None:
     """Wait for what other tasks of this loop do; nothing here can signal it."""
 

@@ -76,6 +76,15 @@ class _Queued:
     future: asyncio.Future[Result] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
+async def _let_members_answer() -> None:
+    """Two turns of the event loop before the next group, so that the members just written answer
+    first: in the first, their (shielded) futures pass the result on; in the second, each member's
+    task resumes and sends its response. Otherwise the next group's statements, which do not yield,
+    run before any of them, and each member waits a whole group longer than its own."""
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+
+
 class TransferGroups:
     """The queue of single transfers and the task that writes them in groups."""
 
@@ -183,6 +192,8 @@ class TransferGroups:
             while self._queue:
                 group = [self._queue.popleft() for _ in range(min(self._limit, len(self._queue)))]
                 await self._write(group)
+                if self._queue:
+                    await _let_members_answer()
         finally:
             self._runners.discard(me)
             if not self._runners:  # only if this task was cancelled: each runs alone
