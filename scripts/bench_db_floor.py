@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,14 +42,12 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import uvicorn
 
-from tally.api.connections import ConnectionLimits, http_protocol
 from tally.bench import ceiling
 from tally.bench.ceiling import Books, Move, write_batch, write_transfer
 from tally.bench.loops import Call, closed_loop, open_loop
 from tally.bench.results import Measured
-from tally.bench.server_load import cpu_seconds
+from tally.bench.server_load import cpu_seconds, serve_like_tally, wait_for_port
 from tally.domain.ids import new_id
 from tally.harness.tally_server import free_port
 
@@ -149,16 +146,7 @@ class Floor:
 def serve(port: int, path: Path, accounts: int, *, commit_on_loop: bool, spin_us: int) -> None:
     """The server process: the stand-in on ``port``, configured as ``tally serve`` configures uvicorn."""
     app = Floor(Books(path, accounts), commit_on_loop=commit_on_loop, spin_us=spin_us)
-    uvicorn.run(
-        app,
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-        access_log=False,
-        server_header=False,
-        lifespan="off",
-        http=http_protocol(ConnectionLimits(16_384, 10.0)),
-    )
+    serve_like_tally(app, port)
 
 
 class Calls:
@@ -198,7 +186,7 @@ def measure(options: argparse.Namespace, spin_us: int, work: Path) -> list[tuple
     base_url, calls = f"http://127.0.0.1:{port}", Calls(options.accounts)
     rows: list[tuple[str, Measured, str]] = []
     try:
-        _wait_for(port)
+        wait_for_port(port)
         name = f"single +{spin_us} µs"
         opened = Measured(name, "floor", "open", 0, options.seconds, intended_rate=options.rate)
         asyncio.run(open_loop(base_url, calls.single, opened, warmup=WARMUP, seconds=options.seconds))
@@ -216,19 +204,6 @@ def measure(options: argparse.Namespace, spin_us: int, work: Path) -> list[tuple
         server.terminate()
         server.wait()
     return rows
-
-
-def _wait_for(port: int, seconds: float = 60.0) -> None:
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-        else:
-            return
 
 
 def _line(name: str, measured: Measured, ceiling_rate: float, note: str) -> str:

@@ -19,20 +19,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
 import subprocess
 import sys
 import time
 import uuid
 
 import orjson
-import uvicorn
 from fastapi import FastAPI, Response
 from pydantic import BaseModel
 
-from tally.api.connections import ConnectionLimits, http_protocol
 from tally.bench.loops import Call
-from tally.bench.server_load import cpu_seconds, drive
+from tally.bench.server_load import cpu_seconds, drive, serve_like_tally, wait_for_port
 from tally.harness.tally_server import free_port
 
 REPLY = orjson.dumps(
@@ -88,15 +85,7 @@ def fastapi_app() -> FastAPI:
 def serve(app: str, port: int) -> None:
     """The server process: ``app`` on ``port``, configured as ``tally serve`` configures uvicorn."""
     target = bare if app == "bare" else fastapi_app()
-    uvicorn.run(
-        target,
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-        access_log=False,
-        server_header=False,
-        http=http_protocol(ConnectionLimits(16_384, 10.0)),
-    )
+    serve_like_tally(target, port)
 
 
 def transfer() -> Call:
@@ -110,7 +99,7 @@ def measure(app: str, clients: int, seconds: float) -> str:
     base_url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen([sys.executable, __file__, "--serve", app, "--port", str(port)])
     try:
-        _wait_for(port)
+        wait_for_port(port)
         asyncio.run(drive(base_url, transfer, clients, 2.0))  # warm-up
         server_before, client_before, started = cpu_seconds(server.pid), time.process_time(), time.monotonic()
         done = asyncio.run(drive(base_url, transfer, clients, seconds))
@@ -124,19 +113,6 @@ def measure(app: str, clients: int, seconds: float) -> str:
         f"{app}: {done / elapsed:,.0f} requests/s, server CPU {1000 * server_cpu / done:.3f} ms per request, "
         f"client CPU {1000 * client_cpu / done:.3f} ms per request"
     )
-
-
-def _wait_for(port: int, seconds: float = 20.0) -> None:
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-        else:
-            return
 
 
 def main() -> None:
