@@ -160,9 +160,9 @@ class Settings(BaseSettings):
         description="When set, GET /metrics and /dashboard need it as a Bearer token (at least 16 chars).",
     )
     gc_thresholds: Annotated[tuple[int, int, int] | None, NoDecode] = Field(
-        default=(20_000, 50, 50),
+        default=(5_000, 20, 50),
         description="gc.set_threshold for each tally serve process, as 'young,middle,old' "
-        "(ADR 0030, addendum); 'python' keeps Python's own 700,10,10.",
+        "(ADR 0030, addenda); 'python' keeps Python's own 700,10,10.",
     )
     route_shortcuts: bool = Field(
         default=True,

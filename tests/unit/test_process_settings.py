@@ -43,7 +43,7 @@ def test_the_default_raises_the_young_generation_threshold(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("TALLY_GC_THRESHOLDS", raising=False)
-    assert Settings(database_url=f"sqlite:///{tmp_path / 'tally.db'}").gc_thresholds == (20_000, 50, 50)
+    assert Settings(database_url=f"sqlite:///{tmp_path / 'tally.db'}").gc_thresholds == (5_000, 20, 50)
 
 
 @pytest.mark.parametrize("value", ["1000,20", "1000,20,30,40", "a,b,c", "0,10,10", "-1,10,10", ""])
