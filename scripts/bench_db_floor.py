@@ -37,9 +37,11 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -50,8 +52,10 @@ from tally.bench.results import Measured
 from tally.bench.server_load import cpu_seconds, serve_like_tally, wait_for_port
 from tally.domain.ids import new_id
 from tally.harness.tally_server import free_port
+from tally.services.transfer_groups import MOST_MEMBERS
 
-GROUP_LIMIT = 64  # members of one group, as TALLY_TRANSFER_GROUP_LIMIT's default
+T = TypeVar("T")
+GROUP_LIMIT = MOST_MEMBERS  # members of one group, as TALLY_TRANSFER_GROUP_LIMIT's default
 BATCH_SIZE = 1000
 WARMUP = 2.0
 
@@ -104,17 +108,10 @@ class Floor:
 
     async def _run(self) -> None:
         """Write the queued requests group by group; each group's members wait for its COMMIT."""
-        books = self._books
         while self._queue:
             group, self._queue = self._queue[:GROUP_LIMIT], self._queue[GROUP_LIMIT:]
             try:
-                async with self._writer:
-                    books.begin()
-                    views = []
-                    for move, key, _ in group:
-                        books.look_up(key)
-                        views.append(write_transfer(books, move, key, f"req_{uuid.uuid4().hex}"))
-                    await self._commit()
+                views = await self._transaction(partial(self._write_group, group))
             except Exception as error:  # every member hears of it
                 for _, _, future in group:
                     future.set_exception(error)
@@ -122,24 +119,47 @@ class Floor:
                 for (_, _, future), view in zip(group, views, strict=True):
                     future.set_result(view)
 
+    def _write_group(
+        self, group: list[tuple[Move, str, asyncio.Future[dict[str, Any]]]]
+    ) -> list[dict[str, Any]]:
+        views = []
+        for move, key, _ in group:
+            self._books.look_up(key)
+            views.append(write_transfer(self._books, move, key, f"req_{uuid.uuid4().hex}"))
+        return views
+
     async def _batch(self, moves: list[Move], key: str) -> bytes:
+        def write() -> bytes:
+            self._books.look_up(key)
+            return write_batch(self._books, moves, key, f"req_{uuid.uuid4().hex}")
+
+        return await self._transaction(write)
+
+    async def _transaction(self, work: Callable[[], T]) -> T:
+        """``work`` in one write transaction, a group's or a batch's, one at a time; rolled back if
+        ``work`` or its COMMIT fails, so that the next transaction can begin."""
+        db = self._books.db
         async with self._writer:
             self._books.begin()
-            self._books.look_up(key)
-            reply = write_batch(self._books, moves, key, f"req_{uuid.uuid4().hex}")
-            await self._commit()
-        return reply
+            try:
+                done = work()
+                await self._commit()
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            return done
 
     async def _commit(self) -> None:
         db = self._books.db
+        if self._commit_on_loop:
+            db.execute("COMMIT")
+            return
+        committing = asyncio.get_running_loop().run_in_executor(self._thread, db.execute, "COMMIT")
         try:
-            if self._commit_on_loop:
-                db.execute("COMMIT")
-            else:
-                await asyncio.get_running_loop().run_in_executor(self._thread, db.execute, "COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
+            await asyncio.shield(committing)
+        except asyncio.CancelledError:
+            await asyncio.wait({committing})  # the connection is the thread's until its COMMIT ends
             raise
 
 

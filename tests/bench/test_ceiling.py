@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -169,3 +170,23 @@ async def test_the_floor_service_writes_grouped_singles_and_a_batch_as_balanced_
     assert batch.status_code == 200
     assert len(batch.json()["results"]) == floor.BATCH_SIZE
     check_books(tmp_path, transfers=40 + floor.BATCH_SIZE, requests=41)
+
+
+@pytest.mark.usefixtures("sqlite")
+async def test_the_floor_service_rolls_a_failed_write_back_and_goes_on(tmp_path: Path) -> None:
+    floor = floor_module()
+    app = floor.Floor(ceiling.Books(tmp_path / "tally.db", ACCOUNTS), commit_on_loop=False, spin_us=0)
+    calls = floor.Calls(ACCOUNTS)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://floor") as client:
+        first = calls.single()
+        headers = dict(first.headers)
+        assert (await client.post(first.path, content=first.body, headers=headers)).status_code == 201
+        # The same idempotency key again: its record's insert fails inside the transaction.
+        with pytest.raises(sqlite3.IntegrityError):
+            await client.post(first.path, content=calls.single().body, headers=headers)
+        after = calls.single()
+        answer = await client.post(after.path, content=after.body, headers=dict(after.headers))
+
+    assert answer.status_code == 201
+    check_books(tmp_path, transfers=2, requests=2)
