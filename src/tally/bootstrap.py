@@ -303,7 +303,7 @@ def _secrets_of(settings: Settings) -> list[str]:
 
 def build_app(settings: Settings | None = None) -> FastAPI:
     """The app of one ``tally serve`` process, which also sets the process's collector thresholds
-    (``TALLY_GC_THRESHOLDS``, ADR 0030, addendum): a setting of the process, not of a ``Tally`` (tests run
+    (``TALLY_GC_THRESHOLDS``, ADR 0030, addenda): a setting of the process, not of a ``Tally`` (tests run
     many of those in one process)."""
     settings = settings or Settings()
     if settings.gc_thresholds is not None:
