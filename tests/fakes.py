@@ -11,7 +11,7 @@ import asyncio
 import builtins
 import copy
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, TypeVar, cast
@@ -568,6 +568,9 @@ class FakeDatabase:
     @asynccontextmanager
     async def read(self) -> AsyncIterator[FakeTransaction]:
         yield FakeTransaction(copy.deepcopy(self.state), self.clock, read_only=True)
+
+    def background_read(self) -> AbstractAsyncContextManager[FakeTransaction]:
+        return self.read()
 
     def position(self) -> str:
         return str(self.state.events[-1].position if self.state.events else 0)

@@ -46,6 +46,7 @@ class UnitsJob:
 
     name = "test-units"
     unit = "units"
+    reads_only = False
     schedule: Schedule = HOURLY
 
     def __init__(self, count: int, batch: int, *, fail_at_step: int | None = None) -> None:
@@ -70,6 +71,33 @@ class UnitsJob:
         if self.fail_at_step is not None and start // self.batch == self.fail_at_step:
             raise RuntimeError("the step failed after its effect")
         return Step(done=end - start, state={"next": end}, finished=end >= self.count)
+
+
+class CountSteps:
+    """A job that only reads: each step notes the checkpoint stored when its snapshot began, and
+    counts one."""
+
+    name = "test-reads"
+    unit = "steps"
+    schedule: Schedule = HOURLY
+    reads_only = True
+
+    def __init__(self, steps: int) -> None:
+        self.steps = steps
+        self.seen: list[dict[str, Any] | None] = []
+
+    def period(self, text: str | None, now: datetime) -> str:
+        return self.schedule.period(text, now)
+
+    async def total(self, tx: Transaction, period: str) -> int | None:
+        del tx, period
+        return self.steps
+
+    async def step(self, tx: Transaction, period: str, state: dict[str, Any] | None) -> Step:
+        run = await tx.job_runs.get(self.name, period)
+        self.seen.append(None if run is None else run.checkpoint)
+        done = 1 + (0 if state is None else int(state["steps"]))
+        return Step(done=1, state={"steps": done}, finished=done >= self.steps)
 
 
 class StopAfter:
@@ -243,6 +271,26 @@ async def test_a_runner_whose_run_was_taken_over_commits_no_further_step(
         stored = await tx.job_runs.get(job.name, PERIOD)
     assert stored is not None
     assert (stored.owner, stored.done, stored.checkpoint) == ("b:2:b", 10, {"next": 10})
+
+
+async def test_a_job_that_only_reads_commits_its_checkpoints_and_a_runner_taken_over_commits_none(
+    database: Database,
+) -> None:
+    job = CountSteps(4)
+    first = StopAfter(1)
+    stopped = await run(database, job, "a:1:a", progress=first, stop=first.stop)
+    assert (stopped.status, stopped.done, stopped.run.checkpoint) == (OutcomeStatus.STOPPED, 1, {"steps": 1})
+    second = StopAfter(1)
+    taken = await run(database, job, "b:2:b", progress=second, stop=second.stop)
+    assert (taken.status, taken.done, taken.run.attempts) == (OutcomeStatus.STOPPED, 2, 2)
+
+    with pytest.raises(LostRun):  # its step read, and then found the fence gone
+        await _step(database, job, stopped.run, LEASE)
+
+    finished = await run(database, job, "b:2:b")
+    assert (finished.status, finished.done, finished.result) == (OutcomeStatus.FINISHED, 4, {"steps": 4})
+    # Each step read from the checkpoint before it; the runner taken over read the newer one.
+    assert job.seen == [None, {"steps": 1}, {"steps": 2}, {"steps": 2}, {"steps": 3}]
 
 
 async def test_purge_deletes_only_records_past_retention_in_batches(

@@ -21,6 +21,7 @@ from tally.jobs.reconcile import ReconcileJob
 from tally.jobs.runs import OutcomeStatus, RunOutcome, new_owner, run_batch_job
 from tally.services.ports import Database
 from tally.store import tables as t
+from tally.store.repositories.reconciliation import SqlReconciliationRepository
 from tests.batch_jobs_support import run_job
 from tests.observability.scrape import samples, total
 from tests.support import (
@@ -139,6 +140,32 @@ async def test_a_healthy_ledger_reconciles(books: Books) -> None:
     assert usd["debits"] == usd["credits"] > 0
     assert usd["pending_debits"] == usd["pending_credits"] == 7
     assert result["unbalanced_currencies"] == []
+
+
+async def test_transfers_committed_while_a_step_reads_cause_no_difference(
+    books: Books, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each step reads one snapshot and holds no write lock: a transfer commits between its read of
+    the accounts and of their entries (on SQLite it could not while a step held the writer), and
+    the step sees neither half of it; the last step's sums see every committed transfer whole."""
+    await make_history(books)
+    write, ids = books.ledger.write, books.accounts
+    committed = 0
+    sums = SqlReconciliationRepository.entry_totals
+
+    async def entry_totals(repository: SqlReconciliationRepository, pks: Any) -> Any:
+        nonlocal committed
+        response = await transfer(books.client, write, ids["world"], ids["alice"], 5)
+        assert response.is_success, response.text
+        committed += 1
+        return await sums(repository, pks)
+
+    monkeypatch.setattr(SqlReconciliationRepository, "entry_totals", entry_totals)
+    result = (await reconcile(books.tally.database, "2025-03-04")).result
+    assert result is not None
+    assert committed >= 3  # one per step of two accounts, five accounts
+    assert (result["ok"], result["difference_count"], result["accounts"]) == (True, 0, 5), result
+    assert result["currencies"]["USD"]["balanced"]
 
 
 async def test_a_corrupted_balance_and_a_broken_zero_sum_are_reported(books: Books) -> None:

@@ -1,4 +1,5 @@
-"""The SQLite adapter on a real file: deadlines interrupt statements, and nothing half-applies."""
+"""The SQLite adapter on a real file: deadlines interrupt statements, nothing half-applies, and the
+slow work (a COMMIT, a background read's statements) leaves the event loop free."""
 
 from __future__ import annotations
 
@@ -12,15 +13,20 @@ from typing import Any
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 
 from tally.domain.errors import DeadlineExceeded
 from tally.domain.keys import Ledger
 from tally.services.deadline import Deadline, set_deadline
 from tally.store.sqlite import SqliteDatabase
+from tally.store.sqlite_statements import driver_of
 from tests.support import running_sqlite
 
 # Counts for ever: only an interrupt ends it.
 ENDLESS = text("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT max(x) FROM c")
+STARTED_THEN_ENDLESS = text(  # the same, once it has called ``started()``
+    "WITH RECURSIVE c(x) AS (SELECT started() UNION ALL SELECT x + 1 FROM c) SELECT max(x) FROM c"
+)
 
 
 @pytest.fixture
@@ -130,3 +136,66 @@ async def test_a_write_cancelled_while_committing_is_committed_and_the_writer_st
     async with database.read() as tx:
         assert await tx.ledgers.get("led_cancelled") is not None
         assert await tx.ledgers.get("led_after") is not None
+
+
+def _on_readers(database: SqliteDatabase, name: str, function: Any) -> None:
+    """Give every reader of the pool a SQL function ``name()`` that calls ``function``."""
+    for _ in range(database.pool_sizes["reader"]):
+        conn = database._readers.get_nowait()
+        driver_of(conn).create_function(name, 0, function)
+        database._readers.put_nowait(conn)
+
+
+async def test_a_background_read_runs_its_statements_off_the_loop(database: SqliteDatabase) -> None:
+    looped = threading.Event()
+    # The statement answers 1 only if the loop ran while it was under way (it waits up to 10 s).
+    _on_readers(database, "loop_ran", lambda: int(looped.wait(10)))
+
+    async def read() -> Any:
+        async with database.background_read() as tx:
+            return (await tx.connection.execute(text("SELECT loop_ran()"))).scalar()
+
+    reading = asyncio.create_task(read())
+    await asyncio.sleep(0)  # the read starts its statement
+    while not reading.done():
+        looped.set()
+        await asyncio.sleep(0.001)
+    assert await reading == 1
+
+
+async def test_a_cancelled_background_read_interrupts_its_statement_and_frees_its_reader(
+    database: SqliteDatabase,
+) -> None:
+    started = threading.Event()
+
+    def start() -> int:
+        started.set()
+        return 1
+
+    _on_readers(database, "started", start)
+
+    async def read_forever() -> None:
+        async with database.background_read() as tx:
+            await tx.connection.execute(STARTED_THEN_ENDLESS)
+
+    reading = asyncio.create_task(read_forever())
+    assert await asyncio.to_thread(started.wait, 10)
+    reading.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(reading, 30)
+    # Every reader is back in the pool, and each answers.
+    for _ in range(database.pool_sizes["reader"] + 1):
+        async with database.background_read() as tx:
+            assert (await tx.connection.execute(text("SELECT 1"))).scalar() == 1
+
+
+async def test_a_background_read_reads_one_snapshot_and_reports_its_errors(database: SqliteDatabase) -> None:
+    await _write_ledger(database, "led_before")
+    async with database.background_read() as tx:
+        assert await tx.ledgers.get("led_before") is not None
+        await _write_ledger(database, "led_during")  # it holds no write lock
+        assert await tx.ledgers.get("led_during") is None  # committed after its snapshot began
+        with pytest.raises(OperationalError, match="no such table"):
+            await tx.connection.execute(text("SELECT * FROM no_such_table"))
+    async with database.background_read() as tx:
+        assert await tx.ledgers.get("led_during") is not None

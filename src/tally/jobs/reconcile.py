@@ -11,6 +11,12 @@ simply read in the state of its own step. A final step, one transaction again, c
 that the debits of all postings equal their credits, and that open holds hold as much on the debit
 side as on the credit side.
 
+Every step only reads (``reads_only``): it runs in a background read, a snapshot that holds no
+write lock and, on SQLite, runs its statements off the event loop; the write transaction after it
+holds the checkpoint alone (ADR 0044). Before, each step held the writer, and the last step's one
+statement over every entry held a SQLite process's event loop: most of the open loop's tail
+whenever the daily run fell inside a benchmark (docs/performance.md).
+
 The period is a UTC day, by default the previous one: it labels the daily run, which checks the
 state at the time it runs. Differences go into the result (all counted, the first ``KEPT`` listed),
 one error log line each and a summary line, and to the ``tally_reconcile_*`` metrics, which every
@@ -111,6 +117,7 @@ class ReconcileJob:
     name: str = "reconcile"
     unit: str = "accounts"
     schedule: Schedule = field(default=DAILY_RECONCILE)
+    reads_only: bool = True
 
     def period(self, text: str | None, now: datetime) -> str:
         return self.schedule.period(text, now)
@@ -150,31 +157,9 @@ class ReconcileJob:
 async def _batch(
     tx: Transaction, after: int | None, limit: int
 ) -> tuple[list[Account], dict[int, EntryTotals]]:
-    """The next accounts, each with its entries' totals as of the same moment.
-
-    A PostgreSQL write transaction reads each statement in a new snapshot (``READ COMMITTED``), so
-    a transfer may commit between the read of the accounts and the sums of their entries. Reading
-    the accounts again afterwards tells: an account whose version did not move had no change in
-    between, and its sums agree with what was first read (a balance never changes without its
-    version). The few that moved are locked, as a transfer locks them, and summed again: nothing can
-    change them until this transaction ends.
-    """
+    """The next accounts, each with its entries' totals, read in the step's one snapshot."""
     accounts = await tx.accounts.scan(after, limit)
-    totals = await tx.reconciliation.entry_totals([a.pk for a in accounts])
-    again = {a.pk: a for a in await tx.accounts.scan(after, limit)}
-    moved = [a for a in accounts if a.pk in again and _state(again[a.pk]) != _state(a)]
-    if not moved:
-        return accounts, totals
-    locked: dict[int, Account] = {}
-    for ledger_id in sorted({a.ledger_id for a in moved}):  # a transfer locks within one ledger only
-        found = await tx.accounts.lock(ledger_id, [a.id for a in moved if a.ledger_id == ledger_id])
-        locked.update((a.pk, a) for a in found.values())
-    totals.update(await tx.reconciliation.entry_totals(list(locked)))
-    return [locked.get(a.pk, a) for a in accounts], totals
-
-
-def _state(account: Account) -> tuple[int, Balance]:
-    return account.version, account.balance
+    return accounts, await tx.reconciliation.entry_totals([a.pk for a in accounts])
 
 
 def _result(period: str, state: dict[str, Any], totals: list[CurrencyTotals]) -> dict[str, Any]:

@@ -48,6 +48,9 @@ class Step:
 class BatchJob(Protocol):
     name: str  # "statements", "reconcile", "expire-holds", "purge-idempotency-keys"
     unit: str  # progress label, e.g. "accounts", "holds", "keys"
+    # True: a step only reads. It runs in a background read (``Database.background_read``), and only
+    # its checkpoint is written; a step of the others runs in the write transaction (ADR 0044).
+    reads_only: bool
 
     @property
     def schedule(self) -> Schedule | None:
@@ -64,7 +67,8 @@ class BatchJob(Protocol):
         ...
 
     async def step(self, tx: Transaction, period: str, state: dict[str, Any] | None) -> Step:
-        """Do one batch inside `tx` (a write transaction) starting from `state` (None = from the start)."""
+        """Do one batch inside `tx` starting from `state` (None = from the start): a write
+        transaction, or a background read for a job that ``reads_only``."""
         ...
 
 
@@ -246,14 +250,23 @@ async def _claim(
 
 
 async def _step(database: Database, job: BatchJob, run: JobRun, lease: timedelta) -> JobRun:
-    """One step in one write transaction: fence, effect, checkpoint; the run as committed."""
+    """One step in one write transaction: fence, effect, checkpoint; the run as committed.
+
+    A job that ``reads_only`` does its step first, in a background read from the checkpoint this
+    runner last committed; the write transaction then holds the fence and the checkpoint alone, so
+    a step's reads neither hold the write lock nor (on SQLite) the event loop (ADR 0044).
+    """
+    read: Step | None = None
+    if job.reads_only:
+        async with database.background_read() as tx:
+            read = await job.step(tx, run.period, run.checkpoint)
     async with database.write() as tx:
         held = await tx.job_runs.fence(run.job, run.period, run.owner, run.attempts)
-        if held is None:
+        if held is None or (read is not None and held.checkpoint != run.checkpoint):
             raise LostRun(
                 f"Another runner took over job run {run.job} {run.period}; this step was rolled back."
             )
-        step = await job.step(tx, run.period, held.checkpoint)
+        step = read or await job.step(tx, run.period, held.checkpoint)
         # The time is read after the step, so that a step taking locks fixes it after them (ADR 0020).
         now = await tx.now()
         done = held.done + step.done

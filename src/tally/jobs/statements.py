@@ -31,6 +31,7 @@ class StatementsJob:
     batch: int = BATCH
     name: str = "statements"
     unit: str = "accounts"
+    reads_only: bool = False
     schedule: Schedule = field(default=DAILY_AFTER_MIDNIGHT)
 
     def period(self, text: str | None, now: datetime) -> str:

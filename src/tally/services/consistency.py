@@ -13,7 +13,7 @@ grows a parameter that only the adapter reads.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
@@ -69,10 +69,15 @@ def begin_reads(intent: ReadIntent, origin: ReadOrigin | None = None) -> ReadOri
     return origin
 
 
-@contextmanager
-def preferring_primary() -> Iterator[None]:
+def preferring_primary() -> AbstractContextManager[None]:
     """Reads inside the block go to the primary while it answers (``PRIMARY_PREFERRED``)."""
-    reset = _intent.set(ReadIntent(Consistency.PRIMARY_PREFERRED))
+    return reading_at(Consistency.PRIMARY_PREFERRED)
+
+
+@contextmanager
+def reading_at(level: Consistency) -> Iterator[None]:
+    """Reads inside the block ask for ``level``, with no token (work of its own, not a request's)."""
+    reset = _intent.set(ReadIntent(level))
     try:
         yield
     finally:

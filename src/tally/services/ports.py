@@ -427,6 +427,12 @@ class Database(Protocol):
         """A read-only transaction on one consistent snapshot."""
         ...
 
+    def background_read(self) -> AbstractAsyncContextManager[Transaction, bool | None]:
+        """A read-only transaction on one consistent snapshot of the primary, for background work
+        that reads much (a batch job's step): it holds no write lock, and its statements never hold
+        the event loop (on SQLite they run in a worker thread; ADR 0044)."""
+        ...
+
     def position(self) -> str:
         """A consistency token covering every write this process has committed."""
         ...

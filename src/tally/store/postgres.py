@@ -29,7 +29,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from tally.domain.errors import DeadlineExceeded, Unavailable, ValidationFailed
-from tally.services.consistency import Consistency, read_intent, report_lagging
+from tally.services.consistency import Consistency, read_intent, reading_at, report_lagging
 from tally.services.deadline import current_deadline, remaining
 from tally.services.ports import CommitListener
 from tally.store.balance_shape import BalanceShape, keep_looking
@@ -314,6 +314,13 @@ class PostgresDatabase:
                     # The primary just went away: a replica answers, stale and labelled so.
                     tx = await stack.enter_async_context(self._read_on(*await self._stale_replica(token)))
             yield tx
+
+    @asynccontextmanager
+    async def background_read(self) -> AsyncIterator[SqlTransaction]:
+        """A strong read (the primary): a job checks the books as they are, not as a replica was."""
+        with reading_at(Consistency.STRONG):
+            async with self.read() as tx:
+                yield tx
 
     def _fresh_replica(self, token: int | None) -> tuple[_Pool, ReplicaState] | None:
         usable = [

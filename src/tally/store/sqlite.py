@@ -15,6 +15,8 @@ waits are asynchronous:
   disk, and a busy disk can take seconds: on the loop that froze every request of the process, even
   those the cache answers. Once started, a commit is seen through even if the awaiting task is
   cancelled, so nothing touches the connection while the thread has it;
+- a background read (a batch job's step, ADR 0044) runs its statements in a worker thread
+  (``store.sqlite_threads``): a sum over every entry would hold the loop for as long as it runs;
 - group commit (ADR 0035, ``store.commit_groups``): writers queued for the writer lock run in
   savepoints of one transaction and share its COMMIT;
 - between processes sharing the file (``tally serve --workers N``, ``tally worker``), each group
@@ -51,7 +53,9 @@ from tally.store.commit_groups import CommitGroup
 from tally.store.database import SqlTransaction
 from tally.store.instrumentation import ConnectionObserver, Unobserved
 from tally.store.migrations import ensure_schema
+from tally.store.repositories.base import SqlConnection
 from tally.store.sqlite_statements import SqliteStatements, driver_of
+from tally.store.sqlite_threads import ThreadedSqliteConnection, see_through
 from tally.store.wakeups import Wakeups
 from tally.store.writer_turn import WriterTurn
 
@@ -425,6 +429,20 @@ class SqliteDatabase:
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[SqlTransaction]:
+        async with self._reading(SqliteConnection) as tx:
+            yield tx
+
+    @asynccontextmanager
+    async def background_read(self) -> AsyncIterator[SqlTransaction]:
+        """A read whose statements run in a worker thread (``store.sqlite_threads``, ADR 0044)."""
+        async with self._reading(ThreadedSqliteConnection) as tx:
+            yield tx
+
+    @asynccontextmanager
+    async def _reading(
+        self, wrap: Callable[[Connection, SqliteStatements], SqlConnection]
+    ) -> AsyncIterator[SqlTransaction]:
+        """A read transaction on a reader of the pool, its statements run through ``wrap``."""
         asked = time.perf_counter()
         try:
             async with asyncio.timeout(remaining(self._lock_wait)):
@@ -441,9 +459,7 @@ class SqliteDatabase:
             try:
                 self._catch_up_to(conn, read_intent().token)
                 with _interrupt_at_deadline(conn):
-                    yield SqlTransaction(
-                        SqliteConnection(conn, self._statements), self._read_now, self.balance_shape
-                    )
+                    yield SqlTransaction(wrap(conn, self._statements), self._read_now, self.balance_shape)
             finally:
                 conn.rollback()
         finally:
@@ -486,21 +502,10 @@ class SqliteDatabase:
 async def _commit_off_loop(conn: Connection) -> bool:
     """COMMIT in a worker thread; return whether the awaiting task was cancelled meanwhile.
 
-    A cancellation does not stop a commit under way (nothing may touch the connection while the
-    thread has it): it is noted, the commit is waited for, and the caller raises it once the
-    commit's outcome is known and kept. The commit's own error is raised.
+    A cancellation does not stop a commit under way (``store.sqlite_threads.see_through``): the
+    caller raises it once the commit's outcome is known and kept. The commit's own error is raised.
     """
-    # Submitted to the thread at once: no task to start first, and one fewer to finish after.
-    committing = asyncio.get_running_loop().run_in_executor(None, conn.commit)
-    cancelled = False
-    while not committing.done():
-        try:
-            await asyncio.shield(committing)
-        except asyncio.CancelledError:
-            cancelled = True
-        except BaseException:
-            break
-    committing.result()
+    _, cancelled = await see_through(conn.commit)
     return cancelled
 
 
