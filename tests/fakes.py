@@ -28,6 +28,7 @@ from tally.services.ports import (
     Entry,
     EntryRepository,
     Event,
+    EventKey,
     EventRepository,
     FeedPosition,
     HeldLeg,
@@ -441,6 +442,9 @@ class FakeEventRepository(_Repository):
     ) -> list[FeedPosition]:
         return [event.position for event in await self.feed(None, after, types, limit)]
 
+    async def keys(self, after: FeedPosition | None, limit: int) -> list[EventKey]:
+        return [EventKey(e.position, e.ledger_id, e.type) for e in await self.feed(None, after, None, limit)]
+
     async def get_many(self, pks: Sequence[int]) -> list[Event]:
         wanted = set(pks)
         return [self._event(s) for s in self._state.events if s.position in wanted]
@@ -456,7 +460,8 @@ class FakeEventRepository(_Repository):
 
     async def advance(self, consumer: str, position: FeedPosition) -> None:
         self._written()
-        self._state.consumers[consumer] = position
+        stored = self._state.consumers.get(consumer)
+        self._state.consumers[consumer] = position if stored is None else max(stored, position)
 
 
 class NoQueue:

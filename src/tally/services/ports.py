@@ -301,6 +301,15 @@ class FeedPosition:
 
 
 @dataclass(frozen=True, slots=True)
+class EventKey:
+    """An event's place in the feed and what it is about, without its data."""
+
+    position: FeedPosition
+    ledger_id: str
+    type: str
+
+
+@dataclass(frozen=True, slots=True)
 class Event:
     pk: int
     id: str
@@ -341,6 +350,11 @@ class EventRepository(Protocol):
         """The positions ``feed`` would serve (every ledger's), without reading the events."""
         ...
 
+    async def keys(self, after: FeedPosition | None, limit: int) -> list[EventKey]:
+        """What ``feed`` would serve (every ledger's, every type), as each event's position, ledger
+        and type only: what the webhook dispatcher needs to know whether it concerns anyone."""
+        ...
+
     async def get_many(self, pks: Sequence[int]) -> list[Event]:
         """The events of these pks, in feed order."""
         ...
@@ -356,7 +370,8 @@ class EventRepository(Protocol):
         ...
 
     async def advance(self, consumer: str, position: FeedPosition) -> None:
-        """Record the consumer's new position (in the transaction of what it did with the events)."""
+        """Record the consumer's new position (in the transaction of what it did with the events);
+        a position behind the stored one changes nothing."""
         ...
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, bindparam, insert, literal_column, select, tuple_
 
 from tally.domain.ids import new_id
-from tally.services.ports import Event, FeedPosition, NewEvent
+from tally.services.ports import Event, EventKey, FeedPosition, NewEvent
 from tally.store import tables as t
 from tally.store.codec import dump_json, from_micros, load_json, to_micros
 from tally.store.repositories.base import SqlRepository
@@ -90,6 +90,15 @@ class SqlEventRepository(SqlRepository):
         query, params = self._feed(select(_ev.c.xid, _ev.c.pk), None, after, types, limit)
         return [FeedPosition(row.xid, row.pk) for row in (await self._conn.execute(query, params)).all()]
 
+    async def keys(self, after: FeedPosition | None, limit: int) -> list[EventKey]:
+        query, params = self._feed(
+            select(_ev.c.xid, _ev.c.pk, _ev.c.ledger_id, _ev.c.type), None, after, None, limit
+        )
+        return [
+            EventKey(FeedPosition(row.xid, row.pk), row.ledger_id, row.type)
+            for row in (await self._conn.execute(query, params)).all()
+        ]
+
     async def get_many(self, pks: Sequence[int]) -> list[Event]:
         return [_event(row) for row in (await self._conn.execute(_by_pks, {"pks": list(pks)})).all()]
 
@@ -140,6 +149,10 @@ class SqlEventRepository(SqlRepository):
         upsert = self._upsert(_fp).values(**values)
         await self._conn.execute(
             upsert.on_conflict_do_update(
-                index_elements=[_fp.c.consumer], set_={"xid": position.xid, "pk": position.pk}
+                index_elements=[_fp.c.consumer],
+                set_={"xid": position.xid, "pk": position.pk},
+                # Forward only: a consumer behind another of its name (a slower process) never
+                # takes the stored position back.
+                where=tuple_(_fp.c.xid, _fp.c.pk) < tuple_(upsert.excluded.xid, upsert.excluded.pk),
             )
         )
