@@ -113,6 +113,7 @@ def test_results_json_holds_the_machine_settings_ceilings_and_measurements(tmp_p
     assert document["machine"]["sqlite_version"] == "3.40.1"
     assert document["settings"]["accounts"] == 10_000
     assert document["settings"]["server_env"]["TALLY_RATE_LIMIT"] == "off"
+    assert document["settings"]["server_env"]["TALLY_JOB_SCHEDULE_SECONDS"] == "1"  # jobs due at start
     assert [ceiling["yardstick"] for ceiling in document["ceilings"]] == ["single", "batch"]
     single = document["measurements"][0]
     assert single["scenario"] == "single"

@@ -28,15 +28,16 @@ from tally.bench.results import PERCENTILES, Measured
 
 NOTES = (
     "Server: TALLY_LOG_LEVEL=WARNING and TALLY_RATE_LIMIT=off, everything else default: this measures "
-    "the service, not the volume of its access log; one key drives all the load.",
+    "the service, not the volume of its access log; one key drives all the load. "
+    "TALLY_JOB_SCHEDULE_SECONDS=1: the server runs its scheduled jobs' due periods at its start, as "
+    "one up for a day has; the window of a daily job is measured apart (docs/performance.md).",
     "The load generator runs on the same machine as the server and shares its CPUs.",
     "Open loop: latency from each request's intended send time (no coordinated omission); its "
     "clients are the connections it took, the most requests in flight at once.",
     "achieved/s counts answers over the time from the window's start to the last answer.",
     "P99.9 is shown only with at least 10,000 samples.",
     "Timeline (results.json, and the second chart of latency.html): each measurement's requests by "
-    "the half second they were (meant to be) sent in, with their failures and P50/P99/max; the "
-    "server's scheduled jobs run 30 s after it starts, inside whichever measurement runs then.",
+    "the half second they were (meant to be) sent in, with their failures and P50/P99/max.",
 )
 
 
