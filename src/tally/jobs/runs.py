@@ -262,11 +262,14 @@ async def _step(database: Database, job: BatchJob, run: JobRun, lease: timedelta
             read = await job.step(tx, run.period, run.checkpoint)
     async with database.write() as tx:
         held = await tx.job_runs.fence(run.job, run.period, run.owner, run.attempts)
-        if held is None or (read is not None and held.checkpoint != run.checkpoint):
+        # The fence holds: no other runner has stepped this run since this one claimed it, so the
+        # stored progress is this runner's own, and the read step began where it should (``done``
+        # is compared rather than the checkpoint, which comes back from JSON, not as it was built).
+        if held is None or (read is not None and held.done != run.done):
             raise LostRun(
                 f"Another runner took over job run {run.job} {run.period}; this step was rolled back."
             )
-        step = read or await job.step(tx, run.period, held.checkpoint)
+        step = read if read is not None else await job.step(tx, run.period, held.checkpoint)
         # The time is read after the step, so that a step taking locks fixes it after them (ADR 0020).
         now = await tx.now()
         done = held.done + step.done
