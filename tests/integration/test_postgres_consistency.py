@@ -13,10 +13,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
+from typing import Any
 
 import httpx
 import pytest
 
+from tally.bootstrap import open_database
+from tally.services.consistency import ReadIntent, begin_reads
 from tests.integration.postgres_support import (
     STRONG,
     eventually,
@@ -195,6 +198,42 @@ async def test_while_replay_is_paused_a_token_read_sees_the_write_and_no_stale_v
         finally:
             cluster.resume_replay()
         cluster.wait_for_replay()
+
+
+async def test_a_background_read_is_the_primarys_while_a_replica_that_lags_answers_available_reads(
+    books: Books,
+) -> None:
+    """Background work (a batch job's step, the webhook dispatcher) checks the books as they are:
+    its reads never go to a replica, however fresh the replica is thought to be (ADR 0044)."""
+    cluster, ledger = books.cluster, books.ledger
+    settings = settings_on(
+        cluster, books.database, replica_check_ms=CHECK_MS, replica_max_lag_ms=60_000, cache_ttl_ms=0
+    )
+    database = open_database(settings, None)
+    await database.start()
+    try:
+
+        async def shop_posted(read: Any) -> tuple[int, bool]:
+            origin = begin_reads(ReadIntent())
+            async with read() as tx:
+                shop = await tx.accounts.get(ledger.ledger_id, "shop")
+            assert shop is not None
+            return shop.balance.posted, origin.stale
+
+        async def replica_answers() -> bool:
+            return (await shop_posted(database.read))[1]
+
+        await eventually(replica_answers, "an available read from the replica")
+        cluster.pause_replay()
+        try:
+            assert (await transfer(books.client, ledger.write, "wallet", "shop", 300)).status_code == 201
+            assert await shop_posted(database.read) == (0, True)  # the replica, labelled
+            assert await shop_posted(database.background_read) == (300, False)  # the primary
+        finally:
+            cluster.resume_replay()
+        cluster.wait_for_replay()
+    finally:
+        await database.stop()
 
 
 async def test_a_new_key_sent_with_the_token_of_its_creation_is_accepted_while_the_replica_lags(
