@@ -153,8 +153,8 @@ class Settings(BaseSettings):
         ge=1,
         le=100_000,
         description="Units per step (one transaction) of a batch job: a step of a job that writes holds "
-        "the write lock (on SQLite, the event loop too), so requests wait behind it; reconcile's steps "
-        "only read, off both (ADR 0044).",
+        "the write lock (on SQLite, the event loop too), so requests wait behind it; reconcile and "
+        "statements read first, off both, and write only their result (ADR 0044).",
     )
     ops_token: SecretStr | None = Field(
         default=None,

@@ -46,7 +46,7 @@ class UnitsJob:
 
     name = "test-units"
     unit = "units"
-    reads_only = False
+    reads_first = False
     schedule: Schedule = HOURLY
 
     def __init__(self, count: int, batch: int, *, fail_at_step: int | None = None) -> None:
@@ -80,7 +80,7 @@ class CountSteps:
     name = "test-reads"
     unit = "steps"
     schedule: Schedule = HOURLY
-    reads_only = True
+    reads_first = True
 
     def __init__(self, steps: int) -> None:
         self.steps = steps

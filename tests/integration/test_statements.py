@@ -24,6 +24,7 @@ from tally.jobs.runs import OutcomeStatus, new_owner, run_batch_job
 from tally.jobs.statements import StatementsJob
 from tally.services.ports import Database
 from tally.store.codec import to_micros
+from tally.store.repositories.statements import SqlStatementRepository
 from tests.support import LedgerKeys, new_ledger, open_account, serving_in_process, settings_for, transfer
 
 DAYS = [date(2025, 3, 1), date(2025, 3, 2), date(2025, 3, 3)]
@@ -122,6 +123,33 @@ async def test_statements_of_three_days_are_the_ones_worked_out_by_hand(books: B
         "accounts": 5,
         "statements": 3,
     }
+
+
+async def test_a_step_sums_without_holding_the_writer_and_stores_its_rows_with_its_checkpoint(
+    books: Books, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each step sums in a background read (ADR 0044): a transfer commits while it sums (on SQLite
+    it could not while a step held the writer), and the day's rows are the same."""
+    await make_history(books)
+    database = books.tally.database
+    committed = 0
+    compute = SqlStatementRepository.compute
+
+    async def compute_during_a_transfer(repository: SqlStatementRepository, *args: Any) -> Any:
+        nonlocal committed
+        await move(books, "world", "bob", 1)  # today: not in the ended day being summed
+        committed += 1
+        return await compute(repository, *args)
+
+    monkeypatch.setattr(SqlStatementRepository, "compute", compute_during_a_transfer)
+    outcome = await run(database, StatementsJob(batch=2), DAYS[1])
+    assert outcome.status is OutcomeStatus.FINISHED
+    assert committed >= 3  # one per step of two accounts, five accounts
+    assert [row for row in await stored(database) if row[1] == "2025-03-02"] == [
+        (books.accounts["world"], "2025-03-02", 1520, 1527, 7, 0, 1),
+        ("alice", "2025-03-02", 1000, 937, 100, 37, 3),
+        ("bob", "2025-03-02", 500, 570, 30, 100, 2),
+    ]
 
 
 async def test_a_rerun_of_a_finished_day_changes_nothing(books: Books) -> None:

@@ -26,7 +26,7 @@ class BackfillAccountBalances:
 
     name = "backfill-account-balances"
     unit = "accounts"
-    reads_only = False
+    reads_first = False
     schedule = None  # run on demand, once: part of shipping the schema change (docs/operations.md)
 
     def __init__(self, batch: int = 1000) -> None:

@@ -29,7 +29,7 @@ class ExpireHolds:
 
     name = "expire-holds"
     unit = "holds"
-    reads_only = False
+    reads_first = False
     schedule: Schedule = EVERY_MINUTE
 
     def __init__(self, batch: int = 100) -> None:

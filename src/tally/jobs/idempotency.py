@@ -19,7 +19,7 @@ from tally.services.ports import Transaction
 class PurgeIdempotencyKeys:
     name = "purge-idempotency-keys"
     unit = "keys"
-    reads_only = False
+    reads_first = False
     schedule: Schedule = HOURLY
 
     def __init__(self, batch: int = 1000) -> None:

@@ -11,11 +11,11 @@ simply read in the state of its own step. A final step, one transaction again, c
 that the debits of all postings equal their credits, and that open holds hold as much on the debit
 side as on the credit side.
 
-Every step only reads (``reads_only``): it runs in a background read, a snapshot that holds no
-write lock and, on SQLite, runs its statements off the event loop; the write transaction after it
-holds the checkpoint alone (ADR 0044). Before, each step held the writer, and the last step's one
-statement over every entry held a SQLite process's event loop: most of the open loop's tail
-whenever the daily run fell inside a benchmark (docs/performance.md).
+Every step only reads (``reads_first``, with nothing to ``apply``): it runs in a background read, a
+snapshot that holds no write lock and, on SQLite, runs its statements off the event loop; the write
+transaction after it holds the checkpoint alone (ADR 0044). Before, each step held the writer, and
+the last step's one statement over every entry held a SQLite process's event loop: most of the
+open loop's tail whenever the daily run fell inside a benchmark (docs/performance.md).
 
 The period is a UTC day, by default the previous one: it labels the daily run, which checks the
 state at the time it runs. Differences go into the result (all counted, the first ``KEPT`` listed),
@@ -117,7 +117,7 @@ class ReconcileJob:
     name: str = "reconcile"
     unit: str = "accounts"
     schedule: Schedule = field(default=DAILY_RECONCILE)
-    reads_only: bool = True
+    reads_first: bool = True
 
     def period(self, text: str | None, now: datetime) -> str:
         return self.schedule.period(text, now)

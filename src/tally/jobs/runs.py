@@ -20,7 +20,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -43,14 +43,18 @@ class Step:
     done: int  # units this step completed (added to the run's progress)
     state: dict[str, Any]  # JSON-serialisable; saved as the run's checkpoint IN THE SAME transaction
     finished: bool  # True: last step; `state` becomes the run's result
+    # What the step writes, run in the write transaction that holds the fence and saves the
+    # checkpoint: how a job that ``reads_first`` writes (None: nothing but the checkpoint).
+    apply: Callable[[Transaction], Awaitable[None]] | None = None
 
 
 class BatchJob(Protocol):
     name: str  # "statements", "reconcile", "expire-holds", "purge-idempotency-keys"
     unit: str  # progress label, e.g. "accounts", "holds", "keys"
-    # True: a step only reads. It runs in a background read (``Database.background_read``), and only
-    # its checkpoint is written; a step of the others runs in the write transaction (ADR 0044).
-    reads_only: bool
+    # True: a step reads in a background read (``Database.background_read``), and what it must
+    # write it hands back as ``Step.apply``, run with the checkpoint in the write transaction; a
+    # step of the others runs in the write transaction itself (ADR 0044).
+    reads_first: bool
 
     @property
     def schedule(self) -> Schedule | None:
@@ -68,7 +72,7 @@ class BatchJob(Protocol):
 
     async def step(self, tx: Transaction, period: str, state: dict[str, Any] | None) -> Step:
         """Do one batch inside `tx` starting from `state` (None = from the start): a write
-        transaction, or a background read for a job that ``reads_only``."""
+        transaction, or a background read for a job that ``reads_first``."""
         ...
 
 
@@ -252,12 +256,13 @@ async def _claim(
 async def _step(database: Database, job: BatchJob, run: JobRun, lease: timedelta) -> JobRun:
     """One step in one write transaction: fence, effect, checkpoint; the run as committed.
 
-    A job that ``reads_only`` does its step first, in a background read from the checkpoint this
-    runner last committed; the write transaction then holds the fence and the checkpoint alone, so
-    a step's reads neither hold the write lock nor (on SQLite) the event loop (ADR 0044).
+    A job that ``reads_first`` does its step first, in a background read from the checkpoint this
+    runner last committed; the write transaction then holds the fence, the step's ``apply`` and the
+    checkpoint, so a step's reads neither hold the write lock nor (on SQLite) the event loop (ADR
+    0044).
     """
     read: Step | None = None
-    if job.reads_only:
+    if job.reads_first:
         async with database.background_read() as tx:
             read = await job.step(tx, run.period, run.checkpoint)
     async with database.write() as tx:
@@ -270,6 +275,8 @@ async def _step(database: Database, job: BatchJob, run: JobRun, lease: timedelta
                 f"Another runner took over job run {run.job} {run.period}; this step was rolled back."
             )
         step = read if read is not None else await job.step(tx, run.period, held.checkpoint)
+        if step.apply is not None:
+            await step.apply(tx)
         # The time is read after the step, so that a step taking locks fixes it after them (ADR 0020).
         now = await tx.now()
         done = held.done + step.done

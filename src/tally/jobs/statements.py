@@ -8,7 +8,10 @@ resumed, or runs while transfers of the next day go on.
 
 Steps walk the day's accounts in ``pk`` order; the checkpoint is the last account pk done, stored
 with the step's rows, so a resumed run starts after it and no row is written twice (the table's
-primary key would refuse it loudly: that would be a bug, never something to skip).
+primary key would refuse it loudly: that would be a bug, never something to skip). A step sums in
+a background read (``reads_first``: no write lock held, on SQLite off the event loop) and hands its
+rows to the write transaction that stores them with the checkpoint (ADR 0044); the day's entries
+no longer change, so the sums read a moment before are the sums then.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from tally.jobs.runs import Step
 from tally.jobs.schedule import DAILY_AFTER_MIDNIGHT, Schedule
 from tally.services.ports import Transaction
 
-BATCH = 500  # accounts per step: one short write transaction each
+BATCH = 500  # accounts per step: one background read and one short write transaction each
 
 
 @dataclass(slots=True)
@@ -31,7 +34,7 @@ class StatementsJob:
     batch: int = BATCH
     name: str = "statements"
     unit: str = "accounts"
-    reads_only: bool = False
+    reads_first: bool = True
     schedule: Schedule = field(default=DAILY_AFTER_MIDNIGHT)
 
     def period(self, text: str | None, now: datetime) -> str:
@@ -49,11 +52,16 @@ class StatementsJob:
         # statement (``compute`` leaves them out) but still count as visited.
         pks = await tx.statements.accounts_with_entries(start, end, after_pk=state["after"], limit=self.batch)
         statements = await tx.statements.compute(pks, start.date(), start, end)
-        await tx.statements.add(statements)
+
+        async def add(write: Transaction) -> None:
+            await write.statements.add(statements)
+
         state = {
             "day": period,
             "after": pks[-1] if pks else state["after"],
             "accounts": state["accounts"] + len(pks),
             "statements": state["statements"] + len(statements),
         }
-        return Step(done=len(pks), state=state, finished=len(pks) < self.batch)
+        return Step(
+            done=len(pks), state=state, finished=len(pks) < self.batch, apply=add if statements else None
+        )
