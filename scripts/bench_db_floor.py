@@ -10,8 +10,9 @@ The stand-in server serves:
 - ``POST /v1/transfers``: the body parsed with orjson; the request joins a group, as in Tally
   (ADR 0042): one runner writes each group in one transaction (``BEGIN IMMEDIATE`` and the catch-up
   read, then for each member its idempotency lookup and the ceiling's statements for one transfer,
-  ``bench.ceiling.write_transfer``), COMMITs in a worker thread as Tally does (ADR 0035; ``--commit
-  loop`` on the loop's own thread), then answers each member with its transfer's view;
+  ``bench.ceiling.write_transfer``), COMMITs in a worker thread as Tally does (ADR 0035,
+  ``store.sqlite_threads.see_through``; ``--commit loop`` on the loop's own thread), then answers
+  each member with its transfer's view;
 - ``POST /v1/transfers/batch``: the transfers of the body, written in one transaction by
   ``bench.ceiling.write_batch`` (one statement per table), its reply returned.
 
@@ -38,7 +39,6 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -53,6 +53,7 @@ from tally.bench.server_load import cpu_seconds, serve_like_tally, wait_for_port
 from tally.domain.ids import new_id
 from tally.harness.tally_server import free_port
 from tally.services.transfer_groups import MOST_MEMBERS
+from tally.store.sqlite_threads import see_through
 
 T = TypeVar("T")
 GROUP_LIMIT = MOST_MEMBERS  # members of one group, as TALLY_TRANSFER_GROUP_LIMIT's default
@@ -70,7 +71,6 @@ class Floor:
         self._queue: list[tuple[Move, str, asyncio.Future[dict[str, Any]]]] = []
         self._runner: asyncio.Task[None] | None = None
         self._writer = asyncio.Lock()  # one write transaction at a time: a group's or a batch's
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="commit")
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -155,12 +155,10 @@ class Floor:
         if self._commit_on_loop:
             db.execute("COMMIT")
             return
-        committing = asyncio.get_running_loop().run_in_executor(self._thread, db.execute, "COMMIT")
-        try:
-            await asyncio.shield(committing)
-        except asyncio.CancelledError:
-            await asyncio.wait({committing})  # the connection is the thread's until its COMMIT ends
-            raise
+        # As Tally's writer does (ADR 0035): the connection is the thread's until its COMMIT ends.
+        _, cancelled = await see_through(partial(db.execute, "COMMIT"))
+        if cancelled:
+            raise asyncio.CancelledError
 
 
 def serve(port: int, path: Path, accounts: int, *, commit_on_loop: bool, spin_us: int) -> None:
