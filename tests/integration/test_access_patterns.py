@@ -61,6 +61,11 @@ EXPECTED = [
         "(xid=? AND pk>?)",
     ),
     ("a ledger's feed after a position", "events.ledger_id = ? AND events.xid = ?", "(ledger_id=? AND xid=?"),
+    (
+        "the dispatcher's feed keys after its position",
+        "SELECT events.xid, events.pk, events.ledger_id, events.type \nFROM events \nWHERE events.xid = ?",
+        "(xid=? AND pk>?)",
+    ),
     ("events by pk", "WHERE events.pk IN (", "INTEGER PRIMARY KEY"),
     ("usage of a key", "FROM key_usage", "(key_id=?)"),
     ("accounts with entries on a day", "AND account_pk > ?", "ix_entries_created_at_account_pk"),
@@ -250,6 +255,12 @@ async def _statements_of_the_workload(tmp_path: Path) -> dict[str, Any]:
             assert await expire_due_holds(tally.database) == 1  # the sweeper's own queries
             await _daily_statements(tally, client, ledger)
             await _batch_job_runs(tally)
+            # The webhook dispatcher, to the feed's end and on from there (ADR 0044): its key reads
+            # from the start and after a position, and the store of its position.
+            dispatcher = tally.webhooks.dispatcher
+            while await dispatcher.dispatch():
+                pass
+            await dispatcher.store_position()
             # Events of another process, read as the outbox invalidation reads them (its own it skips).
             _, others = await events_after(tally.database, None, ["transfer.created"], 10, skip=())
             assert others
