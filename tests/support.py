@@ -24,7 +24,9 @@ from tally.api.app import create_app
 from tally.bootstrap import Tally
 from tally.config import Settings
 from tally.domain.keys import new_secret
+from tally.services.consistency import Consistency, reading_at
 from tally.services.deadline import set_deadline
+from tally.services.ports import Database, Transaction
 from tally.store.migrations import ensure_schema
 from tally.store.sqlite import SqliteDatabase
 from tests.pg_cluster import PgCluster, require_postgres, start_cluster
@@ -163,6 +165,15 @@ def settings_for(directory: Path, **overrides: Any) -> Settings:
     }
     values.update(overrides)
     return Settings(**values)
+
+
+@asynccontextmanager
+async def primary_read(database: Database) -> AsyncIterator[Transaction]:
+    """A read on the primary, for what was written without a consistency token (a job's writes, a
+    test's own): an available read may come from a replica that has not replayed it yet."""
+    with reading_at(Consistency.STRONG):
+        async with database.read() as tx:
+            yield tx
 
 
 @asynccontextmanager

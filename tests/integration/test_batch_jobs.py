@@ -33,7 +33,15 @@ from tally.services.job_run_ports import RunStatus
 from tally.services.ports import IdempotencyRecord, StoredReply, Transaction
 from tally.store.postgres import PostgresDatabase
 from tally.store.sqlite import SqliteDatabase
-from tests.support import BACKENDS, asgi_client, new_ledger, open_account, settings_for, transfer
+from tests.support import (
+    BACKENDS,
+    asgi_client,
+    new_ledger,
+    open_account,
+    primary_read,
+    settings_for,
+    transfer,
+)
 
 Database = SqliteDatabase | PostgresDatabase
 PERIOD = "2026-01-01T00"
@@ -149,7 +157,7 @@ async def test_two_runners_of_one_period_run_it_once(database: Database, tmp_pat
     assert statuses.count(OutcomeStatus.FINISHED) == 1, statuses
     assert set(statuses) - {OutcomeStatus.FINISHED} <= {OutcomeStatus.BUSY, OutcomeStatus.ALREADY_FINISHED}
     assert units_done(tmp_path) == 60
-    async with database.read() as tx:
+    async with primary_read(database) as tx:
         stored = await tx.job_runs.get(job.name, PERIOD)
     assert stored is not None
     assert (stored.status, stored.done, stored.total, stored.attempts) == (RunStatus.FINISHED, 60, 60, 1)
@@ -189,7 +197,7 @@ async def test_a_failed_step_leaves_neither_its_effect_nor_its_checkpoint(
 ) -> None:
     with pytest.raises(RuntimeError, match="the step failed"):
         await run(database, UnitsJob(count=30, batch=5, fail_at_step=2), "a:1:a")
-    async with database.read() as tx:
+    async with primary_read(database) as tx:
         stored = await tx.job_runs.get("test-units", PERIOD)
     assert stored is not None
     assert (stored.status, stored.checkpoint, stored.done) == (RunStatus.RUNNING, {"next": 10}, 10)
@@ -267,7 +275,7 @@ async def test_a_runner_whose_run_was_taken_over_commits_no_further_step(
         await _step(database, job, stopped.run, LEASE)
 
     assert units_done(tmp_path) == 10
-    async with database.read() as tx:
+    async with primary_read(database) as tx:
         stored = await tx.job_runs.get(job.name, PERIOD)
     assert stored is not None
     assert (stored.owner, stored.done, stored.checkpoint) == ("b:2:b", 10, {"next": 10})

@@ -29,6 +29,7 @@ from tests.support import (
     idem,
     new_ledger,
     open_account,
+    primary_read,
     serving_in_process,
     settings_for,
     transfer,
@@ -192,7 +193,7 @@ async def test_a_corrupted_balance_and_a_broken_zero_sum_are_reported(books: Boo
     assert usd["credits"] - usd["debits"] == 3
 
     assert books.tally.telemetry is not None
-    async with database.read() as tx:
+    async with primary_read(database) as tx:
         [latest] = await tx.job_runs.recent("reconcile", 1)
     books.tally.telemetry.jobs.reconciled(latest)  # what every process's sampler does
     found = samples((await books.client.get("/metrics")).text)

@@ -25,7 +25,15 @@ from tally.jobs.statements import StatementsJob
 from tally.services.ports import Database
 from tally.store.codec import to_micros
 from tally.store.repositories.statements import SqlStatementRepository
-from tests.support import LedgerKeys, new_ledger, open_account, serving_in_process, settings_for, transfer
+from tests.support import (
+    LedgerKeys,
+    new_ledger,
+    open_account,
+    primary_read,
+    serving_in_process,
+    settings_for,
+    transfer,
+)
 
 DAYS = [date(2025, 3, 1), date(2025, 3, 2), date(2025, 3, 3)]
 
@@ -83,7 +91,8 @@ async def make_history(books: Books) -> None:
 
 
 async def stored(database: Database) -> list[tuple[Any, ...]]:
-    async with database.read() as tx:
+    """Every statement row, read on the primary (the job's rows carry no consistency token)."""
+    async with primary_read(database) as tx:
         rows = await tx.connection.execute(  # type: ignore[attr-defined]
             text(
                 "SELECT a.id, s.day, s.opening_balance, s.closing_balance, s.debits, s.credits, s.postings "

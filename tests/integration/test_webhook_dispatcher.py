@@ -24,6 +24,7 @@ from tests.support import (
     LedgerKeys,
     new_ledger,
     open_account,
+    primary_read,
     serving_in_process,
     settings_for,
     transfer,
@@ -49,11 +50,11 @@ class Feed:
             assert response.status_code == 201, response.text
 
     async def stored(self) -> FeedPosition | None:
-        async with self.tally.database.read() as tx:
+        async with primary_read(self.tally.database) as tx:
             return await tx.events.consumer_position(CONSUMER)
 
     async def tail(self) -> FeedPosition | None:
-        async with self.tally.database.read() as tx:
+        async with primary_read(self.tally.database) as tx:
             return await tx.events.tail()
 
     def dispatcher(self) -> Dispatcher:
@@ -132,9 +133,9 @@ async def test_a_stored_position_never_goes_back(feed: Feed) -> None:
         await tx.events.advance("test", FeedPosition(0, 20))
     async with database.write() as tx:
         await tx.events.advance("test", FeedPosition(0, 10))  # a slower consumer of the same name
-    async with database.read() as tx:
+    async with primary_read(database) as tx:
         assert await tx.events.consumer_position("test") == FeedPosition(0, 20)
     async with database.write() as tx:
         await tx.events.advance("test", FeedPosition(1, 5))  # later in the feed: a later xid
-    async with database.read() as tx:
+    async with primary_read(database) as tx:
         assert await tx.events.consumer_position("test") == FeedPosition(1, 5)
