@@ -111,7 +111,8 @@ class Floor:
         while self._queue:
             group, self._queue = self._queue[:GROUP_LIMIT], self._queue[GROUP_LIMIT:]
             try:
-                views = await self._transaction(partial(self._write_group, group))
+                moves = [move for move, _, _ in group]
+                views = await self._transaction(partial(self._write_group, group), moves)
             except Exception as error:  # every member hears of it
                 for _, _, future in group:
                     future.set_exception(error)
@@ -133,13 +134,15 @@ class Floor:
             self._books.look_up(key)
             return write_batch(self._books, moves, key, f"req_{uuid.uuid4().hex}")
 
-        return await self._transaction(write)
+        return await self._transaction(write, moves)
 
-    async def _transaction(self, work: Callable[[], T]) -> T:
+    async def _transaction(self, work: Callable[[], T], moves: list[Move]) -> T:
         """``work`` in one write transaction, a group's or a batch's, one at a time; rolled back if
-        ``work`` or its COMMIT fails, so that the next transaction can begin."""
+        ``work`` or its COMMIT fails, so that the next transaction can begin, with the balances
+        ``moves`` changed in memory put back as they were."""
         db = self._books.db
         async with self._writer:
+            held = [(a, a.posted, a.version) for move in moves for a in (move.debit, move.credit)]
             self._books.begin()
             try:
                 done = work()
@@ -147,6 +150,8 @@ class Floor:
             except BaseException:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
+                for account, posted, version in held:
+                    account.posted, account.version = posted, version
                 raise
             return done
 

@@ -183,10 +183,12 @@ async def test_the_floor_service_rolls_a_failed_write_back_and_goes_on(tmp_path:
         headers = dict(first.headers)
         assert (await client.post(first.path, content=first.body, headers=headers)).status_code == 201
         # The same idempotency key again: its record's insert fails inside the transaction.
+        failed = calls.single()
         with pytest.raises(sqlite3.IntegrityError):
-            await client.post(first.path, content=calls.single().body, headers=headers)
+            await client.post(first.path, content=failed.body, headers=headers)
+        # The same transfer under a fresh key: its accounts' balances must be as before the failure.
         after = calls.single()
-        answer = await client.post(after.path, content=after.body, headers=dict(after.headers))
+        answer = await client.post(after.path, content=failed.body, headers=dict(after.headers))
 
     assert answer.status_code == 201
     check_books(tmp_path, transfers=2, requests=2)
