@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.exc import OperationalError
 
 from tally.domain.errors import DeadlineExceeded
 from tally.domain.keys import Ledger
 from tally.services.deadline import Deadline, set_deadline
+from tally.services.ports import NewEvent
 from tally.store.sqlite import SqliteDatabase
 from tally.store.sqlite_statements import driver_of
 from tests.support import running_sqlite
@@ -199,3 +200,38 @@ async def test_a_background_read_reads_one_snapshot_and_reports_its_errors(datab
             await tx.connection.execute(text("SELECT * FROM no_such_table"))
     async with database.background_read() as tx:
         assert await tx.ledgers.get("led_during") is not None
+
+
+async def _add_events(
+    database: SqliteDatabase, ledger_id: str, count: int, *, fail: bool = False
+) -> list[int]:
+    """``count`` events added in one statement; the pks the repository answered."""
+    async with database.write() as tx:
+        await tx.events.add_many(
+            [NewEvent(ledger_id, "test.added", {"n": n}, None) for n in range(count)], await tx.now()
+        )
+        if fail:
+            raise RuntimeError("roll this member back")
+        return list(tx.event_pks)
+
+
+async def test_rows_inserted_without_returning_get_the_pks_they_are_stored_under(
+    database: SqliteDatabase,
+) -> None:
+    inserts: list[Any] = []
+    event.listen(database._engine, "before_cursor_execute", lambda *args: inserts.append(args[2:6]))
+    await _write_ledger(database, "led_pks")
+    first = await _add_events(database, "led_pks", 5)
+    # The table's top rows gone, and a rolled-back write's rows: SQLite gives those rowids again.
+    async with database.write() as tx:
+        await tx.connection.execute(text("DELETE FROM events WHERE pk > :pk"), {"pk": first[2]})
+    with pytest.raises(RuntimeError):
+        await _add_events(database, "led_pks", 4, fail=True)
+    later = await _add_events(database, "led_pks", 3) + await _add_events(database, "led_pks", 1)
+    async with database.read() as tx:
+        stored = (await tx.connection.execute(text("SELECT pk, data FROM events ORDER BY pk"))).all()
+    assert first[:3] + later == [row.pk for row in stored]
+    assert [row.data for row in stored] == ['{"n":0}', '{"n":1}', '{"n":2}'] * 2 + ['{"n":0}']
+    # Each insert was one statement on the cursor path (no SQLAlchemy execution context).
+    added = [context for sql, _, context, _ in inserts if sql.startswith("INSERT INTO events")]
+    assert added == [None] * 4

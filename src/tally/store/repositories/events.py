@@ -23,7 +23,7 @@ from tally.store.repositories.base import SqlRepository
 
 _ev = t.events
 _fp = t.feed_positions
-_insert = insert(_ev).returning(_ev.c.pk)
+_insert = insert(_ev)
 _insert_pg = insert(_ev).values(xid=literal_column("pg_current_xact_id()::text::bigint")).returning(_ev.c.pk)
 _by_pks = select(_ev).where(_ev.c.pk.in_(bindparam("pks", expanding=True))).order_by(_ev.c.xid, _ev.c.pk)
 _HORIZON: ColumnElement[int] = literal_column("pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
@@ -66,10 +66,9 @@ class SqlEventRepository(SqlRepository):
             for event in events
         ]
         if self._postgres:
-            result = await self._conn.execute(_insert_pg, rows)
+            pks: list[int] = list((await self._conn.execute(_insert_pg, rows)).scalars())
         else:
-            result = await self._conn.execute(_insert, [{**row, "xid": 0} for row in rows])
-        pks: list[int] = list(result.scalars())
+            pks = list(await self._sqlite_added(_insert, [{**row, "xid": 0} for row in rows]))
         self._tx.saw_events(pks)
         return pks
 

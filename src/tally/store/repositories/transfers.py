@@ -40,9 +40,10 @@ _by_ids = _with_reversed.where(
 _by_id_for_update = _by_id.with_for_update(of=_t, key_share=True)
 _by_pk = _with_reversed.where(_t.c.pk == bindparam("pk"))
 _by_pk_for_update = _by_pk.with_for_update(of=_t, key_share=True)
-# Many rows in one statement (SQLAlchemy's "insertmanyvalues"); RETURNING's order is not promised
-# then, so each pk is matched by the transfer's id.
+# On PostgreSQL many rows in one statement (SQLAlchemy's "insertmanyvalues"); RETURNING's order is
+# not promised then, so each pk is matched by the transfer's id. SQLite needs no RETURNING (ADR 0045).
 _insert = insert(_t).returning(_t.c.pk, _t.c.id)
+_insert_sqlite = insert(_t)
 _insert_legs = insert(_l)
 _save = (
     update(_t)
@@ -141,9 +142,16 @@ class SqlTransferRepository(SqlRepository):
         self, transfers: Sequence[tuple[Transfer, dict[str, int]]], reverses_pk: int | None
     ) -> list[Transfer]:
         self._tx.mark_written()
-        rows = await self._conn.execute(_insert, [_row(transfer, reverses_pk) for transfer, _ in transfers])
-        pks = {row.id: row.pk for row in rows}
-        added = [(transfer.stored_as(pks[transfer.id]), account_pks) for transfer, account_pks in transfers]
+        rows = [_row(transfer, reverses_pk) for transfer, _ in transfers]
+        if self._postgres:
+            by_id = {row.id: row.pk for row in await self._conn.execute(_insert, rows)}
+            pks: Sequence[int] = [by_id[transfer.id] for transfer, _ in transfers]
+        else:
+            pks = await self._sqlite_added(_insert_sqlite, rows)
+        added = [
+            (transfer.stored_as(pk), account_pks)
+            for (transfer, account_pks), pk in zip(transfers, pks, strict=True)
+        ]
         await self._conn.execute(
             _insert_legs, [leg for transfer, account_pks in added for leg in _leg_rows(transfer, account_pks)]
         )
