@@ -54,14 +54,16 @@ from tally.store.database import SqlTransaction
 from tally.store.instrumentation import ConnectionObserver, Unobserved
 from tally.store.migrations import ensure_schema
 from tally.store.repositories.base import SqlConnection
-from tally.store.sqlite_statements import SqliteStatements, driver_of
+from tally.store.sqlite_statements import SqliteStatements, driver_of, plain, run
 from tally.store.sqlite_threads import ThreadedSqliteConnection, see_through
 from tally.store.wakeups import Wakeups
 from tally.store.writer_turn import WriterTurn
 
 Clock = Callable[[], int]  # microseconds since the Unix epoch
 _PROGRESS_STEPS = 1000  # SQLite VM instructions between two deadline checks
-_LAST_EVENT = "SELECT pk, created_at FROM events WHERE pk = (SELECT max(pk) FROM events)"
+_LAST_EVENT = plain("SELECT pk, created_at FROM events WHERE pk = (SELECT max(pk) FROM events)", ("pk", "at"))
+_BEGIN_WRITE = plain("BEGIN IMMEDIATE")
+_BEGIN_READ = plain("BEGIN")
 _LAST_EVENT_PK = "SELECT max(pk) FROM events"
 
 
@@ -175,7 +177,7 @@ class SqliteDatabase:
 
         @event.listens_for(engine, "begin")
         def on_begin(conn: Connection) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn is self._writer else "BEGIN")
+            run(conn, _BEGIN_WRITE if conn is self._writer else _BEGIN_READ)
 
         return engine
 
@@ -250,7 +252,7 @@ class SqliteDatabase:
 
     def _catch_up(self, conn: Connection) -> None:
         """Learn the newest commit of any process sharing the file (workers do), under the lock."""
-        last = conn.exec_driver_sql(_LAST_EVENT).first()
+        last = run(conn, _LAST_EVENT).first()
         if last is not None:
             self._position = max(self._position, last[0])
             self._last_write_micros = max(self._last_write_micros, last[1])

@@ -15,9 +15,11 @@ A statement the plans do not cover, and any statement on a connection outside a 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Connection, Dialect, Executable, Result
+from sqlalchemy.engine.result import SimpleResultMetaData
 from sqlalchemy.exc import DBAPIError
 
 from tally.store.statement_plans import Prepared, Rows, StatementPlans
@@ -34,6 +36,17 @@ class SqliteStatements:
         if prepared is None:
             return conn.execute(statement, parameters)
         return _run(conn, prepared)
+
+
+def plain(sql: str, columns: Sequence[str] | None = None) -> Prepared:
+    """A statement of SQL text without parameters, for ``run``; ``columns`` names its rows' columns."""
+    return Prepared(sql, (), False, None if columns is None else SimpleResultMetaData(list(columns)))
+
+
+def run(conn: Connection, prepared: Prepared) -> Rows:
+    """``prepared`` on ``conn``'s cursor, in or outside a transaction: the cursor events fire, a
+    driver error is raised as SQLAlchemy's (the adapter's own BEGIN and catch-up read, ADR 0045)."""
+    return _run(conn, prepared)
 
 
 def driver_of(conn: Connection) -> sqlite3.Connection:
