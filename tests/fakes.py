@@ -30,6 +30,7 @@ from tally.services.ports import (
     Event,
     EventKey,
     EventRepository,
+    EventsListener,
     FeedPosition,
     HeldLeg,
     HoldRepository,
@@ -590,7 +591,7 @@ class FakeDatabase:
     def read_covers(self) -> int | None:
         return int(self.position())
 
-    def listen_to_commits(self, listener: CommitListener) -> None:
+    def listen_to_commits(self, listener: CommitListener, events: EventsListener | None = None) -> None:
         raise NotImplementedError("the fakes serve use-case tests, which have no cache")
 
 

@@ -70,7 +70,7 @@ class RedisInvalidation:
     def start(self) -> None:
         self._task = asyncio.create_task(self._listen(), name="tally-cache-invalidation")
 
-    async def publish(self, drops: Sequence[Drop], events: Sequence[int] = ()) -> None:
+    async def publish(self, drops: Sequence[Drop]) -> None:
         if not drops or time.monotonic() < self._quiet_until:
             return
         try:
@@ -118,9 +118,14 @@ class OutboxInvalidation:
     def start(self) -> None:
         self._task = asyncio.create_task(self._follow(), name="tally-cache-invalidation")
 
-    async def publish(self, drops: Sequence[Drop], events: Sequence[int] = ()) -> None:
-        """Nothing to send: the events are the message, written with the commit itself. This
-        process wrote their changes through already, so following the feed skips ``events``."""
+    async def publish(self, drops: Sequence[Drop]) -> None:
+        """Nothing to send: the events are the message, written with the commit itself."""
+
+    def own(self, events: Sequence[int]) -> None:
+        """``events`` were committed by this process, which writes their changes through itself, so
+        following the feed skips them. Told as the COMMIT returns (``Database.listen_to_commits``),
+        before the feed can be read past them: told with the write-through instead, after the
+        commit's awaits, the follower read most of a batch's events as another process's (ADR 0045)."""
         if len(self._own) + len(events) > _OWN_EVENTS:
             self._own.clear()  # events of types not followed are never met: forget, at worst redo
         self._own.update(events)

@@ -20,8 +20,8 @@ _log = structlog.get_logger(__name__)
 
 
 class Invalidation(Protocol):
-    async def publish(self, drops: Sequence[tuple[str, int | None]], events: Sequence[int]) -> None:
-        """Tell the other processes of ``drops``; ``events`` are the outbox events of the same commit."""
+    async def publish(self, drops: Sequence[tuple[str, int | None]]) -> None:
+        """Tell the other processes of ``drops``."""
         ...
 
 
@@ -36,6 +36,6 @@ class WriteThrough:
             drops = await self._accounts.written(committed)
             drops += await self._keys.revoked(committed.revoked_keys)
             if self._invalidation is not None:
-                await self._invalidation.publish(drops, committed.events)
+                await self._invalidation.publish(drops)
         except Exception:  # committed already: log, never fail the request
             _log.exception("cache write-through failed", accounts=len(committed.accounts))

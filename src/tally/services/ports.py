@@ -389,7 +389,7 @@ class Committed:
     """What a committed write changed that a cache may hold (ADR 0027).
 
     ``accounts`` as written (each with the ``updated_at`` of the write); ``revoked_keys`` the secret
-    hashes of keys revoked; ``events`` the pks of the outbox events written with them. ``covers``
+    hashes of keys revoked. ``covers``
     orders against ``Database.token_key``: these states include every write whose consistency token
     is at or below it, and no later write to the same rows.
     """
@@ -397,10 +397,10 @@ class Committed:
     accounts: tuple[Account, ...]
     revoked_keys: tuple[bytes, ...]
     covers: int
-    events: tuple[int, ...] = ()
 
 
 CommitListener = Callable[[Committed], Awaitable[None]]
+EventsListener = Callable[[Sequence[int]], None]
 
 
 class Transaction(Protocol):
@@ -466,7 +466,11 @@ class Database(Protocol):
         (a read that may run on a replica)."""
         ...
 
-    def listen_to_commits(self, listener: CommitListener) -> None:
+    def listen_to_commits(self, listener: CommitListener, events: EventsListener | None = None) -> None:
         """Call ``listener`` after each write that changed accounts or revoked keys commits, before
-        the write's block returns to its caller (so a response follows the listener's work)."""
+        the write's block returns to its caller (so a response follows the listener's work).
+
+        ``events`` hears the pks of the outbox events each commit wrote, as the COMMIT returns and
+        before any other task runs: a follower of the feed in this process never reads them as
+        another process's (ADR 0045)."""
         ...

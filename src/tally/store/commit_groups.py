@@ -26,6 +26,7 @@ Isolation between the members of a group:
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 from tally.domain.errors import TransientConflict
 
@@ -33,21 +34,25 @@ from tally.domain.errors import TransientConflict
 class CommitGroup:
     """The members of one open SQLite transaction, and what their COMMIT tells them."""
 
-    __slots__ = ("done", "failure", "followed", "last_event", "members", "queues")
+    __slots__ = ("done", "events", "failure", "followed", "members", "queues")
 
     def __init__(self) -> None:
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.members = 0
-        self.last_event = 0
+        self.events: list[int] = []  # the pks of the outbox events its members wrote
         self.queues = False  # a member queued jobs or deliveries: wake the workers after the commit
         self.failure: BaseException | None = None  # set when the group broke or its COMMIT failed
         self.followed = False  # a committer task waits to commit it if no member does
 
-    def joined(self, last_event: int, queues: bool) -> None:
+    def joined(self, events: Sequence[int], queues: bool) -> None:
         """A member's savepoint was released: its rows are part of the group's transaction."""
         self.members += 1
-        self.last_event = max(self.last_event, last_event)
+        self.events.extend(events)
         self.queues = self.queues or queues
+
+    @property
+    def last_event(self) -> int:
+        return max(self.events, default=0)
 
     def broke(self, error: BaseException) -> None:
         """SQLite rolled the whole transaction back under a member: the group cannot commit."""

@@ -105,9 +105,7 @@ class SqlTransaction:
         """What the commit listener hears of this transaction, ``None`` when nothing cached changed."""
         if not (self.changed_accounts or self.revoked_keys):
             return None
-        return Committed(
-            tuple(self.changed_accounts.values()), tuple(self.revoked_keys), covers, tuple(self.event_pks)
-        )
+        return Committed(tuple(self.changed_accounts.values()), tuple(self.revoked_keys), covers)
 
     def saw_events(self, pks: Sequence[int]) -> None:
         self.event_pks.extend(pks)

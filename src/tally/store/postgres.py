@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from tally.domain.errors import DeadlineExceeded, Unavailable, ValidationFailed
 from tally.services.consistency import Consistency, read_intent, reading_at, report_lagging
 from tally.services.deadline import current_deadline, remaining
-from tally.services.ports import CommitListener
+from tally.services.ports import CommitListener, EventsListener
 from tally.store.balance_shape import BalanceShape, keep_looking
 from tally.store.breaker import Breaker
 from tally.store.database import SqlTransaction
@@ -153,6 +153,7 @@ class PostgresDatabase:
         )
         self._position = 0
         self._commit_listener: CommitListener | None = None
+        self._events_listener: EventsListener | None = None
         self.wakeups = Wakeups()
 
     @property
@@ -218,8 +219,9 @@ class PostgresDatabase:
         # A read may run on a replica behind anything this process knows of: no promise then.
         return None if self._replicas else self._position
 
-    def listen_to_commits(self, listener: CommitListener) -> None:
+    def listen_to_commits(self, listener: CommitListener, events: EventsListener | None = None) -> None:
         self._commit_listener = listener
+        self._events_listener = events
 
     async def health(self) -> dict[str, str]:
         """``database``: ``ok``; ``degraded`` when only replicas answer (reads, no writes); ``down``.
@@ -276,6 +278,8 @@ class PostgresDatabase:
                     raise DeadlineExceeded("The time budget ran out before commit; nothing was applied.")
                 with translated("primary"):
                     await conn.commit()
+                if self._events_listener is not None and tx.event_pks:
+                    self._events_listener(tx.event_pks)  # before any other task runs
                 committed = tx.committed(covers)
                 if tx.queues:
                     self.wakeups.signal()

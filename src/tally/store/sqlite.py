@@ -46,7 +46,7 @@ from sqlalchemy.pool import NullPool
 from tally.domain.errors import DeadlineExceeded, Unavailable, ValidationFailed
 from tally.services.consistency import read_intent
 from tally.services.deadline import current_deadline, remaining
-from tally.services.ports import CommitListener
+from tally.services.ports import CommitListener, EventsListener
 from tally.store import tables
 from tally.store.balance_shape import BalanceShape, keep_looking
 from tally.store.commit_groups import CommitGroup
@@ -144,6 +144,7 @@ class SqliteDatabase:
         self._last_write_micros = 0
         self._position = 0
         self._commit_listener: CommitListener | None = None
+        self._events_listener: EventsListener | None = None
         self.wakeups = Wakeups()  # other processes on the file are found by polling
 
     @property
@@ -247,15 +248,16 @@ class SqliteDatabase:
         # Every position this process knows of is committed in the file, so in any later snapshot.
         return self._position
 
-    def listen_to_commits(self, listener: CommitListener) -> None:
+    def listen_to_commits(self, listener: CommitListener, events: EventsListener | None = None) -> None:
         self._commit_listener = listener
+        self._events_listener = events
 
     def _catch_up(self, conn: Connection) -> None:
         """Learn the newest commit of any process sharing the file (workers do), under the lock."""
         last = run(conn, _LAST_EVENT).first()
         if last is not None:
-            self._position = max(self._position, last[0])
-            self._last_write_micros = max(self._last_write_micros, last[1])
+            self._position = max(self._position, last.pk)
+            self._last_write_micros = max(self._last_write_micros, last.at)
 
     async def _write_now(self) -> int:
         # Monotonic across every process writing the file: a later commit never carries an
@@ -336,7 +338,7 @@ class SqliteDatabase:
             else:  # SQLite ended the whole transaction: the members before this one are gone too
                 group.broke(error)
             raise
-        group.joined(tx.last_event, bool(tx.queues))
+        group.joined(tx.event_pks, bool(tx.queues))
 
     async def _open_group(self, conn: Connection) -> CommitGroup:
         """BEGIN IMMEDIATE a new transaction for this writer and those queued behind it, in this
@@ -406,6 +408,8 @@ class SqliteDatabase:
                     conn.rollback()
             else:
                 self._position = max(self._position, group.last_event)
+                if self._events_listener is not None and group.events:
+                    self._events_listener(group.events)  # before any other task runs
                 if group.queues:
                     self.wakeups.signal()
                 self._observer.committed_group(group.members)
