@@ -19,6 +19,7 @@ import pytest
 
 from tally.cache.entries import (
     Entry,
+    Remembered,
     account_order,
     decode_account,
     decode_key,
@@ -60,6 +61,27 @@ def test_a_key_entry_round_trips_without_its_last_use() -> None:
     back = decode_key(encode_key(Entry(key, 1.0, 2.0, None)))
     assert back.item == replace(key, last_used_at=None)
     assert (back.as_of, back.fresh_until, back.covers) == (1.0, 2.0, None)
+
+
+def test_remembered_decodes_each_bytes_once_and_forgets_past_its_size() -> None:
+    decoded: list[bytes] = []
+
+    def decode(raw: bytes) -> Entry[ApiKey]:
+        decoded.append(raw)
+        return decode_key(raw)
+
+    key = ApiKey("key_1", "led_1", "reader", frozenset({Scope.READ}), AT, None, None, b"\x01")
+    fresh, later = encode_key(Entry(key, 1.0, 2.0, None)), encode_key(Entry(key, 1.0, 3.0, None))
+    remembered = Remembered(decode, size=2)
+    first = remembered(fresh)
+    assert remembered(bytes(fresh)) is first  # equal bytes, another object: not decoded again
+    assert remembered(later).fresh_until == 3.0  # another entry (a reload): decoded
+    assert decoded == [fresh, later]
+    remembered(encode_key(Entry(key, 1.0, 4.0, None)))  # a third: the two remembered are forgotten
+    assert remembered(fresh) == first
+    assert len(decoded) == 4
+    with pytest.raises(ValueError, match="invalid literal"):
+        remembered(b"not json")  # as decode_key raises: readable() makes it a miss
 
 
 def test_later_states_of_an_account_order_higher() -> None:

@@ -60,6 +60,29 @@ def readable(decode: Callable[[bytes], Entry[T]], raw: object) -> Entry[T] | Non
         return None
 
 
+class Remembered(Generic[T]):
+    """``decode``, remembering the last ``size`` entries decoded by their bytes.
+
+    An entry read again unchanged (an API key, on every request it authenticates) is not parsed
+    and built again: the same bytes always decode to the same entry, and entries are immutable.
+    With the in-process cache the bytes are the very object stored, whose hash Python keeps.
+    """
+
+    def __init__(self, decode: Callable[[bytes], Entry[T]], size: int = 1024) -> None:
+        self._decode = decode
+        self._size = size
+        self._decoded: dict[bytes, Entry[T]] = {}
+
+    def __call__(self, raw: bytes) -> Entry[T]:
+        entry = self._decoded.get(raw)
+        if entry is None:
+            entry = self._decode(raw)
+            if len(self._decoded) >= self._size:
+                self._decoded.clear()
+            self._decoded[raw] = entry
+        return entry
+
+
 def encode_account(entry: Entry[Account]) -> bytes:
     a = entry.item
     return _dump(

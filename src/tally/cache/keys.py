@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from tally.cache.entries import Entry, decode_key, encode_key, key_order
+from tally.cache.entries import Entry, Remembered, decode_key, encode_key, key_order
 from tally.cache.guarded import FAILED, GuardedCache
 from tally.cache.loading import SingleFlight
 from tally.cache.policy import EntryPolicy, look_up
@@ -39,6 +39,7 @@ class KeyCache:
         self._count = policy.count
         self._clock = policy.clock
         self._flight: SingleFlight[ApiKey | None] = SingleFlight()
+        self._decode = Remembered(decode_key)  # a key is read on every request it authenticates
 
     @staticmethod
     def key(secret_hash: bytes) -> str:
@@ -48,7 +49,7 @@ class KeyCache:
         if self._ttl <= 0:
             return await find_key(self._database, secret_hash)
         key = self.key(secret_hash)
-        raw, entry = await look_up(self._cache, key, decode_key)  # unsure: a revocation not landed
+        raw, entry = await look_up(self._cache, key, self._decode)  # unsure: a revocation not landed
         if entry is not None and self._clock() < entry.fresh_until:
             self._count(self.name, "hit")
             return entry.item
