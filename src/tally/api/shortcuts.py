@@ -70,6 +70,8 @@ def parse_body(request: Request, body: bytes, adapter: TypeAdapter[Model]) -> Mo
 def _is_json(content_type: str | None) -> bool:
     if not content_type:
         return False
+    if content_type == "application/json":  # what nearly every client sends: no parse needed
+        return True
     message = email.message.Message()
     message["content-type"] = content_type
     subtype = message.get_content_subtype()
