@@ -79,8 +79,10 @@ EXPECTED = [
 
 def _full_scans(plan: list[tuple[Any, ...]]) -> list[str]:
     details = [str(row[3]) for row in plan]
-    # "SCAN 2 CONSTANT ROWS" reads the VALUES list of a many-row INSERT, not a table.
-    return [d for d in details if d.startswith("SCAN ") and "USING" not in d and "CONSTANT ROWS" not in d]
+    # "SCAN 2 CONSTANT ROWS" reads the VALUES list of a many-row INSERT, and "SCAN CONSTANT ROW" a
+    # SELECT without FROM (``last_insert_rowid()``): neither reads a table.
+    tables = [d for d in details if "CONSTANT ROWS" not in d and d != "SCAN CONSTANT ROW"]
+    return [d for d in tables if d.startswith("SCAN ") and "USING" not in d]
 
 
 async def _workload(client: httpx.AsyncClient) -> LedgerKeys:
@@ -336,6 +338,7 @@ def _seq_scans(plan: Any) -> list[str]:
         ([(2, 0, 0, "SEARCH accounts USING INDEX ix (ledger_id=?)")], []),
         ([(2, 0, 0, "SCAN accounts USING COVERING INDEX ix")], []),
         ([(2, 0, 0, "SCAN 2 CONSTANT ROWS")], []),
+        ([(2, 0, 0, "SCAN CONSTANT ROW")], []),
     ],
 )
 def test_a_plan_step_without_an_index_counts_as_a_full_scan(
