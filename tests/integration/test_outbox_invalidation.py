@@ -114,3 +114,13 @@ async def test_a_follower_reading_between_a_commit_and_its_write_through_skips_i
         assert response.status_code == 201, response.text
         await follower.catch_up()
     assert applied == []
+
+
+async def test_a_failing_events_listener_never_fails_the_committed_write(database: SqliteDatabase) -> None:
+    def broken(_: object) -> None:
+        raise RuntimeError("a listener's own bug")
+
+    database.listen_to_commits(nothing_to_write_through, broken)
+    pk = await updated(database, "committed")  # returns: the write committed, whatever the listener did
+    async with database.read() as tx:
+        assert (await tx.events.get(pk)) is not None

@@ -389,9 +389,8 @@ class Committed:
     """What a committed write changed that a cache may hold (ADR 0027).
 
     ``accounts`` as written (each with the ``updated_at`` of the write); ``revoked_keys`` the secret
-    hashes of keys revoked. ``covers``
-    orders against ``Database.token_key``: these states include every write whose consistency token
-    is at or below it, and no later write to the same rows.
+    hashes of keys revoked. ``covers`` orders against ``Database.token_key``: these states include
+    every write whose consistency token is at or below it, and no later write to the same rows.
     """
 
     accounts: tuple[Account, ...]

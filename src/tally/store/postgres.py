@@ -279,7 +279,8 @@ class PostgresDatabase:
                 with translated("primary"):
                     await conn.commit()
                 if self._events_listener is not None and tx.event_pks:
-                    self._events_listener(tx.event_pks)  # before any other task runs
+                    with suppress(Exception):  # committed: a listener never fails the write
+                        self._events_listener(tx.event_pks)  # before any other task runs
                 committed = tx.committed(covers)
                 if tx.queues:
                     self.wakeups.signal()

@@ -409,7 +409,8 @@ class SqliteDatabase:
             else:
                 self._position = max(self._position, group.last_event)
                 if self._events_listener is not None and group.events:
-                    self._events_listener(group.events)  # before any other task runs
+                    with suppress(Exception):  # committed: a listener never fails the write
+                        self._events_listener(group.events)  # before any other task runs
                 if group.queues:
                     self.wakeups.signal()
                 self._observer.committed_group(group.members)
