@@ -35,18 +35,12 @@ class SqliteStatements:
         prepared = self._plans.prepare(statement, parameters) if conn.in_transaction() else None
         if prepared is None:
             return conn.execute(statement, parameters)
-        return _run(conn, prepared)
+        return run(conn, prepared)
 
 
 def plain(sql: str, columns: Sequence[str] | None = None) -> Prepared:
     """A statement of SQL text without parameters, for ``run``; ``columns`` names its rows' columns."""
     return Prepared(sql, (), False, None if columns is None else SimpleResultMetaData(list(columns)))
-
-
-def run(conn: Connection, prepared: Prepared) -> Rows:
-    """``prepared`` on ``conn``'s cursor, in or outside a transaction: the cursor events fire, a
-    driver error is raised as SQLAlchemy's (the adapter's own BEGIN and catch-up read, ADR 0045)."""
-    return _run(conn, prepared)
 
 
 def driver_of(conn: Connection) -> sqlite3.Connection:
@@ -57,7 +51,9 @@ def driver_of(conn: Connection) -> sqlite3.Connection:
     return driver
 
 
-def _run(conn: Connection, prepared: Prepared) -> Rows:
+def run(conn: Connection, prepared: Prepared) -> Rows:
+    """``prepared`` on ``conn``'s cursor, in or outside a transaction: the cursor events fire, and a
+    driver error is raised as SQLAlchemy's (also the adapter's own BEGIN and catch-up read, ADR 0045)."""
     sql, parameters, many = prepared.sql, prepared.parameters, prepared.many
     cursor = driver_of(conn).cursor()
     events = conn._has_events or conn.engine._has_events
