@@ -34,6 +34,7 @@ from pathlib import Path
 
 from bench_server_cpu import calls
 
+from tally.bench.databases import SERVER_ENV
 from tally.bench.server_load import cpu_seconds, drive
 from tally.bench.setup import prepare_ledger
 from tally.domain.keys import new_secret
@@ -71,13 +72,8 @@ def start(
 
 async def compare(options: argparse.Namespace) -> list[float]:
     root = new_secret("root")
-    env = {
-        "TALLY_RATE_LIMIT": "off",
-        "TALLY_LOG_LEVEL": "WARNING",
-        "TALLY_ROOT_KEY": root,
-        "TALLY_JOB_SCHEDULE_SECONDS": "1",  # the daily jobs at the start, as tally bench runs them
-        **dict(setting.split("=", 1) for setting in options.set),
-    }
+    # The server settings `tally bench` uses (rate limits off, no access log, the daily jobs at start).
+    env = {**SERVER_ENV, "TALLY_ROOT_KEY": root, **dict(setting.split("=", 1) for setting in options.set)}
     new_env = {**env, **dict(setting.split("=", 1) for setting in options.set_new)}
     with tempfile.TemporaryDirectory() as work, contextlib.ExitStack() as stack:
         servers = {
