@@ -120,7 +120,7 @@ def build_caches(
         max_lag=settings.replica_max_lag_ms / 1000,
     )
     keys = KeyCache(guarded("api_keys"), database, EntryPolicy(key_ttl, stale, count, clock))
-    own = invalidation.own if isinstance(invalidation, OutboxInvalidation) else None
+    own = invalidation if isinstance(invalidation, OutboxInvalidation) else None
     database.listen_to_commits(WriteThrough(accounts, keys, invalidation), own)
     return Caches(cache, accounts, keys, invalidation, made)
 

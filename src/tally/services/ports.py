@@ -399,7 +399,18 @@ class Committed:
 
 
 CommitListener = Callable[[Committed], Awaitable[None]]
-EventsListener = Callable[[Sequence[int]], None]
+
+
+class EventsListener(Protocol):
+    """Hears the pks of the outbox events a commit writes (``Database.listen_to_commits``)."""
+
+    def committing(self, events: Sequence[int]) -> None:
+        """``events`` are about to be committed by this process: told before the COMMIT is sent,
+        so that no reader of the feed can meet them first."""
+
+    def abandoned(self, events: Sequence[int]) -> None:
+        """The COMMIT of ``events`` failed: nothing of them was kept, and their pks may be given
+        to another process's events (SQLite hands a freed rowid out again)."""
 
 
 class Transaction(Protocol):
@@ -469,7 +480,8 @@ class Database(Protocol):
         """Call ``listener`` after each write that changed accounts or revoked keys commits, before
         the write's block returns to its caller (so a response follows the listener's work).
 
-        ``events`` hears the pks of the outbox events each commit wrote, as the COMMIT returns and
-        before any other task runs: a follower of the feed in this process never reads them as
-        another process's (ADR 0045)."""
+        ``events`` hears the pks of the outbox events each commit writes before the COMMIT is sent,
+        and again if it fails: a follower of the feed in this process never reads them as another
+        process's, not even one whose read lands between the COMMIT and the writer's next turn
+        on the event loop (ADR 0045, addendum)."""
         ...

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 
 from sqlalchemy import BigInteger, Connection, Engine, bindparam, cast, extract, func, select, text
@@ -276,11 +276,7 @@ class PostgresDatabase:
                 deadline = current_deadline()
                 if deadline is not None and deadline.remaining() <= 0:
                     raise DeadlineExceeded("The time budget ran out before commit; nothing was applied.")
-                with translated("primary"):
-                    await conn.commit()
-                if self._events_listener is not None and tx.event_pks:
-                    with suppress(Exception):  # committed: a listener never fails the write
-                        self._events_listener(tx.event_pks)  # before any other task runs
+                await self._commit(conn, tx.event_pks)
                 committed = tx.committed(covers)
                 if tx.queues:
                     self.wakeups.signal()
@@ -295,6 +291,21 @@ class PostgresDatabase:
         self._breaker.succeeded(started)
         if committed is not None and self._commit_listener is not None:
             await self._commit_listener(committed)  # the connection is back in its pool by now
+
+    async def _commit(self, conn: AsyncConnection, events: Sequence[int]) -> None:
+        """COMMIT, with ``events`` told to the events listener first (and again if it fails)."""
+        told = self._events_listener if events else None
+        if told is not None:  # before the COMMIT: no feed read can meet the events first
+            with suppress(Exception):  # a listener never fails the write
+                told.committing(events)
+        try:
+            with translated("primary"):
+                await conn.commit()
+        except BaseException:
+            if told is not None:
+                with suppress(Exception):
+                    told.abandoned(events)
+            raise
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[SqlTransaction]:

@@ -397,8 +397,12 @@ class SqliteDatabase:
         """
         failure: BaseException | None = None
         cancelled = False
+        told = self._events_listener if group.events else None
         try:
             if group.failure is None and group.members > 0:
+                if told is not None:  # before the COMMIT: no feed read can meet the events first
+                    with suppress(Exception):  # a listener never fails the write
+                        told.committing(group.events)
                 try:
                     cancelled = await _commit_off_loop(conn)
                 except Exception as error:
@@ -406,11 +410,11 @@ class SqliteDatabase:
             if failure is not None or group.failure is not None or group.members == 0:
                 with suppress(Exception):
                     conn.rollback()
+                if told is not None:  # before the lock is given back and the pks can be used again
+                    with suppress(Exception):
+                        told.abandoned(group.events)
             else:
                 self._position = max(self._position, group.last_event)
-                if self._events_listener is not None and group.events:
-                    with suppress(Exception):  # committed: a listener never fails the write
-                        self._events_listener(group.events)  # before any other task runs
                 if group.queues:
                     self.wakeups.signal()
                 self._observer.committed_group(group.members)
