@@ -268,6 +268,7 @@ def open_database(
             observer=observer,
             schema_check_seconds=settings.schema_check_ms / 1000,
             group_limit=settings.sqlite_group_commit,
+            checkpoint_seconds=settings.sqlite_checkpoint_ms / 1000,
         )
     if backend == "postgresql":
         return PostgresDatabase(

@@ -89,6 +89,12 @@ class Settings(BaseSettings):
     sqlite_synchronous: Literal["FULL", "NORMAL"] = Field(
         default="FULL", description="FULL survives power loss; NORMAL only process crashes."
     )
+    sqlite_checkpoint_ms: int = Field(
+        default=20,
+        ge=0,
+        description="How often a thread of its own checkpoints the SQLite write-ahead log (ADR 0046); "
+        "0: SQLite's own checkpoint, inside the COMMIT that takes the log past 1,000 pages.",
+    )
     read_pool_size: int = Field(default=4, ge=1, le=64)
     sqlite_group_commit: int = Field(
         default=64,

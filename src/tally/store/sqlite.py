@@ -54,6 +54,7 @@ from tally.store.database import SqlTransaction
 from tally.store.instrumentation import ConnectionObserver, Unobserved
 from tally.store.migrations import ensure_schema
 from tally.store.repositories.base import SqlConnection
+from tally.store.sqlite_checkpoints import Checkpointer
 from tally.store.sqlite_statements import SqliteStatements, driver_of, plain, run
 from tally.store.sqlite_threads import ThreadedSqliteConnection, see_through
 from tally.store.wakeups import Wakeups
@@ -121,8 +122,16 @@ class SqliteDatabase:
         observer: ConnectionObserver | None = None,
         schema_check_seconds: float = 1.0,
         group_limit: int = 64,
+        checkpoint_seconds: float = 0.02,
     ) -> None:
         self.url = make_url(url).set(drivername="sqlite+pysqlite")
+        on_file = self.url.database not in (None, "", ":memory:")
+        # WAL checkpoints in a thread of their own, not inside a COMMIT (ADR 0046); 0: SQLite's own.
+        self._checkpoints = (
+            Checkpointer(str(self.url.database), checkpoint_seconds)
+            if on_file and checkpoint_seconds > 0
+            else None
+        )
         # Where account balances live while their move ships; looked at again every few seconds.
         self.balance_shape = BalanceShape()
         self._schema_check = schema_check_seconds
@@ -174,6 +183,8 @@ class SqliteDatabase:
             cursor.execute(f"PRAGMA synchronous={synchronous}")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA busy_timeout=0")  # waits are asynchronous (see write())
+            if self._checkpoints is not None:
+                cursor.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer's thread does it
             cursor.close()
 
         @event.listens_for(engine, "begin")
@@ -206,6 +217,8 @@ class SqliteDatabase:
         self._looking = asyncio.create_task(
             keep_looking(self._look_at_schema, self._schema_check), name="tally-schema-check"
         )
+        if self._checkpoints is not None:
+            self._checkpoints.start()
 
     async def _look_at_schema(self) -> None:
         conn = await self._readers.get()
@@ -222,6 +235,8 @@ class SqliteDatabase:
             self._looking.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._looking
+        if self._checkpoints is not None:
+            await asyncio.to_thread(self._checkpoints.stop)
         while not self._readers.empty():
             self._readers.get_nowait().close()
         if self._writer is not None:
