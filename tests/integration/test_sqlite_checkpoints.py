@@ -50,7 +50,7 @@ async def test_no_commit_checkpoints_when_the_checkpointer_is_on(tmp_path: Path)
         assert log_pages(off) < 1_500
 
 
-async def test_the_checkpointer_copies_the_log_into_the_file_and_stops_with_the_adapter(tmp_path: Path) -> None:
+async def test_the_checkpointer_copies_the_log_into_the_file_and_stops_with_it(tmp_path: Path) -> None:
     path = tmp_path / "tally.db"
     async with running_sqlite(path, checkpoint_seconds=0.02) as database:
         assert len(checkpoint_threads()) == 1
