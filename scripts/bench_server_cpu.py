@@ -8,7 +8,8 @@ the host's speed. Compare figures taken one after the other, in alternating pair
 
 It starts one ``tally serve`` on a fresh SQLite file in a temporary directory (or, with
 ``--database postgresql``, on a durable PostgreSQL primary with a streaming replica), with
-``TALLY_RATE_LIMIT=off``, ``TALLY_LOG_LEVEL=WARNING`` and any ``--set TALLY_NAME=VALUE``; sets up
+``tally bench``'s server settings (``bench.databases.SERVER_ENV``: no rate limit, warnings only,
+the scheduled jobs' due periods run at the start) and any ``--set TALLY_NAME=VALUE``; sets up
 a ledger with ``--accounts`` funded accounts through the API (``tally.bench.setup``); then sends
 ``--scenario`` requests from ``--clients`` keep-alive connections, closed loop: a 2 s warm-up,
 then ``--seconds`` measured.
@@ -28,6 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from tally.bench.databases import SERVER_ENV
 from tally.bench.loops import Calls
 from tally.bench.scenarios import batch_calls, read_call, transfer_call
 from tally.bench.server_load import cpu_seconds, drive
@@ -64,8 +66,7 @@ async def measure(options: argparse.Namespace) -> None:
     root = new_secret("root")
     with tempfile.TemporaryDirectory() as work, contextlib.ExitStack() as stack:
         env = {
-            "TALLY_RATE_LIMIT": "off",
-            "TALLY_LOG_LEVEL": "WARNING",
+            **SERVER_ENV,  # as tally bench serves: jobs due at the start, not inside the window
             "TALLY_ROOT_KEY": root,
             **database_settings(options.database, Path(work), stack),
             **dict(setting.split("=", 1) for setting in options.set),
