@@ -85,28 +85,20 @@ async def test_it_applies_the_events_of_others_and_skips_its_own(database: Sqlit
     assert applied == ["outbox"]
 
 
-@pytest.mark.usefixtures("backend")
-async def test_a_follower_reading_between_a_commit_and_its_write_through_skips_its_own_events(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The follower polls on its own timer, so it may read the feed after a commit and before that
-    commit's write-through has run. It must still know the events as this process's own."""
+def recorded_drops(monkeypatch: pytest.MonkeyPatch) -> list[list[Drop]]:
+    """What the follower applies from now on, recorded instead of applied."""
     applied: list[list[Drop]] = []
 
     async def record(_local: GuardedCache, drops: list[Drop], _keep: float) -> None:
         applied.append(list(drops))
 
     monkeypatch.setattr(invalidation, "apply", record)
-    tally = Tally(settings_for(tmp_path, worker_enabled=False, job_schedule=[]))
-    follower = tally.caches.invalidation
-    assert isinstance(follower, OutboxInvalidation)
-    write_through = WriteThrough.__call__
+    return applied
 
-    async def follow_first(self: WriteThrough, committed: Committed) -> None:
-        await follower.catch_up()  # the poll comes first
-        await write_through(self, committed)
 
-    monkeypatch.setattr(WriteThrough, "__call__", follow_first)
+async def transfers_and_a_batch(tally: Tally, follower: OutboxInvalidation) -> None:
+    """Two accounts, 20 concurrent transfers and a 50-transfer batch through ``tally``'s API; then
+    the follower reads the feed to its end."""
     async with serving_in_process(tally) as client:
         keys = await new_ledger(client)
         await open_account(client, keys.write, id="world", normal_balance="debit", min_balance=None)
@@ -118,6 +110,26 @@ async def test_a_follower_reading_between_a_commit_and_its_write_through_skips_i
         response = await client.post("/v1/transfers/batch", json=body, headers={**keys.write, **idem()})
         assert response.status_code == 201, response.text
         await follower.catch_up()
+
+
+@pytest.mark.usefixtures("backend")
+async def test_a_follower_reading_between_a_commit_and_its_write_through_skips_its_own_events(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The follower polls on its own timer, so it may read the feed after a commit and before that
+    commit's write-through has run. It must still know the events as this process's own."""
+    applied = recorded_drops(monkeypatch)
+    tally = Tally(settings_for(tmp_path, worker_enabled=False, job_schedule=[]))
+    follower = tally.caches.invalidation
+    assert isinstance(follower, OutboxInvalidation)
+    write_through = WriteThrough.__call__
+
+    async def follow_first(self: WriteThrough, committed: Committed) -> None:
+        await follower.catch_up()  # the poll comes first
+        await write_through(self, committed)
+
+    monkeypatch.setattr(WriteThrough, "__call__", follow_first)
+    await transfers_and_a_batch(tally, follower)
     assert applied == []
 
 
@@ -128,12 +140,7 @@ async def test_a_follower_reading_between_the_commit_and_the_writers_next_turn_s
     """The COMMIT returns in a worker thread (SQLite) or from the server (PostgreSQL), and the
     follower's read may be served before the writer's task runs again: here it always is. The
     events must be known as this process's own by then (in a batch bench, 39 % were not)."""
-    applied: list[list[Drop]] = []
-
-    async def record(_local: GuardedCache, drops: list[Drop], _keep: float) -> None:
-        applied.append(list(drops))
-
-    monkeypatch.setattr(invalidation, "apply", record)
+    applied = recorded_drops(monkeypatch)
     tally = Tally(settings_for(tmp_path, worker_enabled=False, job_schedule=[], replica_urls=[]))
     follower = tally.caches.invalidation
     assert isinstance(follower, OutboxInvalidation)
@@ -162,17 +169,7 @@ async def test_a_follower_reading_between_the_commit_and_the_writers_next_turn_s
             await poll()
 
         monkeypatch.setattr(AsyncConnection, "commit", commit_then_poll_pg)
-    async with serving_in_process(tally) as client:
-        keys = await new_ledger(client)
-        await open_account(client, keys.write, id="world", normal_balance="debit", min_balance=None)
-        await open_account(client, keys.write, id="alice")
-        sent = await asyncio.gather(*(transfer(client, keys.write, "world", "alice", 1) for _ in range(20)))
-        assert [response.status_code for response in sent] == [201] * 20
-        batch = [{"debit_account_id": "world", "credit_account_id": "alice", "amount": 1}] * 50
-        body = {"transfers": batch, "atomic": True}
-        response = await client.post("/v1/transfers/batch", json=body, headers={**keys.write, **idem()})
-        assert response.status_code == 201, response.text
-        await follower.catch_up()
+    await transfers_and_a_batch(tally, follower)
     assert len(polls) >= 2 * 3  # a poll after each commit: the accounts', the transfers', the batch's
     assert applied == []
 
