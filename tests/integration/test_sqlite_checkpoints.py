@@ -14,6 +14,7 @@ from pathlib import Path
 from tally.domain.keys import Ledger
 from tally.services.ports import NewEvent
 from tally.store.sqlite import SqliteDatabase
+from tally.store.sqlite_checkpoints import Checkpointer
 from tests.support import running_sqlite
 
 PAGE = 4096  # SQLite's default page size
@@ -75,3 +76,15 @@ async def test_an_in_memory_database_has_no_checkpointer() -> None:
         assert checkpoint_threads() == []
     finally:
         await database.stop()
+
+
+async def test_a_failing_round_does_not_end_the_checkpointer(tmp_path: Path) -> None:
+    """With SQLite's own checkpoint off, a thread that ended on an error would let the log grow."""
+    checkpointer = Checkpointer(str(tmp_path / "missing" / "tally.db"), 0.01)  # cannot be opened
+    checkpointer.start()
+    try:
+        await asyncio.sleep(0.2)  # about twenty failed rounds
+        assert [thread.is_alive() for thread in checkpoint_threads()] == [True]
+    finally:
+        checkpointer.stop()
+    assert checkpoint_threads() == []

@@ -36,7 +36,6 @@ class Checkpointer:
         self._interval = interval
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self.rounds = 0  # checkpoints that ran to the end (for tests and a look in a debugger)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="tally-sqlite-checkpoints", daemon=True)
@@ -50,15 +49,18 @@ class Checkpointer:
             self._thread = None
 
     def _run(self) -> None:
-        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        # The thread never ends on an error: with ``wal_autocheckpoint=0`` nothing else would
+        # checkpoint, and the log would grow until every connection to the file is closed.
+        conn: sqlite3.Connection | None = None
         try:
-            conn.execute("PRAGMA busy_timeout=0")
             while not self._stopping.wait(self._interval):
                 try:
+                    if conn is None:
+                        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+                        conn.execute("PRAGMA busy_timeout=0")
                     conn.execute(CHECKPOINT).fetchone()
                 except sqlite3.Error as error:  # busy with another checkpoint, or the disk: next round
                     _log.debug("wal checkpoint skipped", error=str(error))
-                else:
-                    self.rounds += 1
         finally:
-            conn.close()
+            if conn is not None:
+                conn.close()
