@@ -7,7 +7,8 @@ repositories run SQLAlchemy Core statements on one connection.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from datetime import datetime
 
 from tally.domain.accounts import Account
@@ -21,6 +22,7 @@ from tally.services.ports import (
     Committed,
     EntryRepository,
     EventRepository,
+    EventsListener,
     HoldRepository,
     IdempotencyRepository,
     InstanceRepository,
@@ -110,11 +112,6 @@ class SqlTransaction:
     def saw_events(self, pks: Sequence[int]) -> None:
         self.event_pks.extend(pks)
 
-    @property
-    def last_event(self) -> int:
-        """The newest event this transaction added (on SQLite, the consistency token it earns)."""
-        return max(self.event_pks, default=0)
-
     def locked(self, changed_at: Iterable[int]) -> None:
         """Rows were locked that last changed at ``changed_at`` (microseconds).
 
@@ -130,3 +127,21 @@ class SqlTransaction:
         if self._at is None:
             self._at = from_micros(await self._now())
         return self._at
+
+
+@contextmanager
+def telling(listener: EventsListener | None, events: Sequence[int]) -> Iterator[None]:
+    """Around a COMMIT: ``events`` told to ``listener`` before it is sent, so that no reader of the
+    feed can meet them first, and again if it raises (``Database.listen_to_commits``). A listener's
+    own error never fails the write."""
+    if listener is None or not events:
+        yield
+        return
+    with suppress(Exception):
+        listener.committing(events)
+    try:
+        yield
+    except BaseException:
+        with suppress(Exception):
+            listener.abandoned(events)
+        raise

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 
 from sqlalchemy import BigInteger, Connection, Engine, bindparam, cast, extract, func, select, text
@@ -34,7 +34,7 @@ from tally.services.deadline import current_deadline, remaining
 from tally.services.ports import CommitListener, EventsListener
 from tally.store.balance_shape import BalanceShape, keep_looking
 from tally.store.breaker import Breaker
-from tally.store.database import SqlTransaction
+from tally.store.database import SqlTransaction, telling
 from tally.store.instrumentation import ConnectionObserver, Unobserved
 from tally.store.migrations import SCHEMA_LOCK, ensure_schema
 from tally.store.pg_errors import is_unreachable, translated
@@ -276,7 +276,8 @@ class PostgresDatabase:
                 deadline = current_deadline()
                 if deadline is not None and deadline.remaining() <= 0:
                     raise DeadlineExceeded("The time budget ran out before commit; nothing was applied.")
-                await self._commit(conn, tx.event_pks)
+                with telling(self._events_listener, tx.event_pks), translated("primary"):
+                    await conn.commit()
                 committed = tx.committed(covers)
                 if tx.queues:
                     self.wakeups.signal()
@@ -291,21 +292,6 @@ class PostgresDatabase:
         self._breaker.succeeded(started)
         if committed is not None and self._commit_listener is not None:
             await self._commit_listener(committed)  # the connection is back in its pool by now
-
-    async def _commit(self, conn: AsyncConnection, events: Sequence[int]) -> None:
-        """COMMIT, with ``events`` told to the events listener first (and again if it fails)."""
-        told = self._events_listener if events else None
-        if told is not None:  # before the COMMIT: no feed read can meet the events first
-            with suppress(Exception):  # a listener never fails the write
-                told.committing(events)
-        try:
-            with translated("primary"):
-                await conn.commit()
-        except BaseException:
-            if told is not None:
-                with suppress(Exception):
-                    told.abandoned(events)
-            raise
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[SqlTransaction]:

@@ -50,7 +50,7 @@ from tally.services.ports import CommitListener, EventsListener
 from tally.store import tables
 from tally.store.balance_shape import BalanceShape, keep_looking
 from tally.store.commit_groups import CommitGroup
-from tally.store.database import SqlTransaction
+from tally.store.database import SqlTransaction, telling
 from tally.store.instrumentation import ConnectionObserver, Unobserved
 from tally.store.migrations import ensure_schema
 from tally.store.repositories.base import SqlConnection
@@ -125,11 +125,11 @@ class SqliteDatabase:
         checkpoint_seconds: float = 0.02,
     ) -> None:
         self.url = make_url(url).set(drivername="sqlite+pysqlite")
-        on_file = self.url.database not in (None, "", ":memory:")
+        self._on_file = self.url.database not in (None, "", ":memory:")
         # WAL checkpoints in a thread of their own, not inside a COMMIT (ADR 0046); 0: SQLite's own.
         self._checkpoints = (
             Checkpointer(str(self.url.database), checkpoint_seconds)
-            if on_file and checkpoint_seconds > 0
+            if self._on_file and checkpoint_seconds > 0
             else None
         )
         # Where account balances live while their move ships; looked at again every few seconds.
@@ -195,8 +195,8 @@ class SqliteDatabase:
 
     async def start(self) -> None:
         """Open the connections and create the schema where it is missing; data is kept."""
-        if self.url.database not in (None, "", ":memory:"):
-            Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
+        if self._on_file:
+            Path(str(self.url.database)).parent.mkdir(parents=True, exist_ok=True)
             self._turn = WriterTurn(Path(f"{self.url.database}-turn"))
         engine = self._engine
         writer = self._writer = engine.connect()
@@ -412,22 +412,17 @@ class SqliteDatabase:
         """
         failure: BaseException | None = None
         cancelled = False
-        told = self._events_listener if group.events else None
         try:
             if group.failure is None and group.members > 0:
-                if told is not None:  # before the COMMIT: no feed read can meet the events first
-                    with suppress(Exception):  # a listener never fails the write
-                        told.committing(group.events)
                 try:
-                    cancelled = await _commit_off_loop(conn)
+                    # Told before the lock is given back and a failed COMMIT's pks can be used again.
+                    with telling(self._events_listener, group.events):
+                        cancelled = await _commit_off_loop(conn)
                 except Exception as error:
                     failure = error
             if failure is not None or group.failure is not None or group.members == 0:
                 with suppress(Exception):
                     conn.rollback()
-                if told is not None:  # before the lock is given back and the pks can be used again
-                    with suppress(Exception):
-                        told.abandoned(group.events)
             else:
                 self._position = max(self._position, group.last_event)
                 if group.queues:
