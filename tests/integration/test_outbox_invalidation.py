@@ -96,6 +96,19 @@ def recorded_drops(monkeypatch: pytest.MonkeyPatch) -> list[list[Drop]]:
     return applied
 
 
+def followed_only_by_the_test(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Tally, OutboxInvalidation]:
+    """A Tally whose follower reads the feed only when the test calls ``catch_up``: its own polling
+    task is not started, since two reads at once could each take the other's position as a start
+    (one process runs one follower task). Reads go to the primary, which has every commit."""
+    monkeypatch.setattr(OutboxInvalidation, "start", lambda _self: None)
+    tally = Tally(settings_for(tmp_path, worker_enabled=False, job_schedule=[], replica_urls=[]))
+    follower = tally.caches.invalidation
+    assert isinstance(follower, OutboxInvalidation)
+    return tally, follower
+
+
 async def transfers_and_a_batch(tally: Tally, follower: OutboxInvalidation) -> None:
     """Two accounts, 20 concurrent transfers and a 50-transfer batch through ``tally``'s API; then
     the follower reads the feed to its end."""
@@ -119,9 +132,7 @@ async def test_a_follower_reading_between_a_commit_and_its_write_through_skips_i
     """The follower polls on its own timer, so it may read the feed after a commit and before that
     commit's write-through has run. It must still know the events as this process's own."""
     applied = recorded_drops(monkeypatch)
-    tally = Tally(settings_for(tmp_path, worker_enabled=False, job_schedule=[]))
-    follower = tally.caches.invalidation
-    assert isinstance(follower, OutboxInvalidation)
+    tally, follower = followed_only_by_the_test(tmp_path, monkeypatch)
     write_through = WriteThrough.__call__
 
     async def follow_first(self: WriteThrough, committed: Committed) -> None:
@@ -141,9 +152,7 @@ async def test_a_follower_reading_between_the_commit_and_the_writers_next_turn_s
     follower's read may be served before the writer's task runs again: here it always is. The
     events must be known as this process's own by then (in a batch bench, 39 % were not)."""
     applied = recorded_drops(monkeypatch)
-    tally = Tally(settings_for(tmp_path, worker_enabled=False, job_schedule=[], replica_urls=[]))
-    follower = tally.caches.invalidation
-    assert isinstance(follower, OutboxInvalidation)
+    tally, follower = followed_only_by_the_test(tmp_path, monkeypatch)
     polls: list[int] = []
 
     async def poll() -> None:
